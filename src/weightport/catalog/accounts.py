@@ -1,0 +1,106 @@
+"""Accounts and API keys. Keys are ``wp_<id>_<secret>``; only sha256(key) is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from weightport.catalog.schema import Account, ApiKey, utcnow
+from weightport.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+
+ACCOUNT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+KEY_PREFIX = "wp_"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly created key: the only moment the secret exists outside the caller's hands."""
+
+    id: str
+    account_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    account_id: str
+    name: str
+    created_at: datetime
+    revoked: bool
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate_account_id(account_id: str) -> str:
+    if not ACCOUNT_ID.match(account_id):
+        raise InvalidArgument(
+            f"invalid account id {account_id!r}: use 1-63 lowercase letters, digits and "
+            "hyphens, starting and ending with a letter or digit"
+        )
+    return account_id
+
+
+def create_account(session: Session, account_id: str, display_name: str = "") -> Account:
+    validate_account_id(account_id)
+    if session.get(Account, account_id) is not None:
+        raise AlreadyExists(f'account "{account_id}" already exists')
+    account = Account(id=account_id, display_name=display_name or account_id)
+    session.add(account)
+    session.flush()
+    return account
+
+
+def ensure_account(session: Session, account_id: str) -> Account:
+    account = session.get(Account, validate_account_id(account_id))
+    return account or create_account(session, account_id)
+
+
+def create_key(session: Session, account_id: str, name: str = "") -> IssuedKey:
+    if session.get(Account, account_id) is None:
+        raise NotFound(f'account "{account_id}" not found')
+    key_id = secrets.token_hex(6)
+    secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(id=key_id, account_id=account_id, secret_sha256=_digest(secret), name=name))
+    session.flush()
+    return IssuedKey(id=key_id, account_id=account_id, secret=secret)
+
+
+def authenticate(session: Session, secret: str) -> str:
+    """The account id a presented key belongs to; :class:`Unauthenticated` otherwise.
+
+    The lookup is by sha256 of the presented secret, so timing reveals nothing about
+    stored keys.
+    """
+    if not secret:
+        raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
+    key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
+    if key is None or key.revoked_at is not None:
+        raise Unauthenticated("the API key you provided is invalid or revoked")
+    return key.account_id
+
+
+def list_keys(session: Session, account_id: str | None = None) -> list[KeyInfo]:
+    query = select(ApiKey).order_by(ApiKey.created_at)
+    if account_id is not None:
+        query = query.where(ApiKey.account_id == account_id)
+    return [
+        KeyInfo(k.id, k.account_id, k.name, k.created_at, k.revoked_at is not None)
+        for k in session.scalars(query)
+    ]
+
+
+def revoke_key(session: Session, key_id: str) -> None:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFound(f'API key "{key_id}" not found')
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()

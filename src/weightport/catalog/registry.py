@@ -1,0 +1,320 @@
+"""Fireworks model resources in the catalog: lifecycle, files, listing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from weightport.catalog.schema import Model, ModelFile, utcnow
+from weightport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from weightport.paths import validate_relative_path
+
+MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?$")
+
+KINDS = frozenset(
+    {
+        "HF_BASE_MODEL",
+        "HF_PEFT_ADDON",
+        "HF_TEFT_ADDON",
+        "FLUMINA_BASE_MODEL",
+        "FLUMINA_ADDON",
+        "DRAFT_ADDON",
+        "FIRE_AGENT",
+        "LIVE_MERGE",
+        "CUSTOM_MODEL",
+        "EMBEDDING_MODEL",
+        "SNAPSHOT_MODEL",
+    }
+)
+UPLOADING, READY = "UPLOADING", "READY"
+MAX_FILES = 10_000
+
+#: Model fields the catalog stores in their own columns; everything else goes to ``extra``.
+COLUMN_FIELDS = {
+    "displayName": "display_name",
+    "description": "description",
+    "kind": "kind",
+    "baseModelDetails": "base_model_details",
+    "peftDetails": "peft_details",
+}
+#: Fields a caller can never set: they are the server's to decide.
+READ_ONLY_FIELDS = frozenset({"name", "state", "status", "createTime", "updateTime", "createdBy"})
+
+ORDER_FIELDS = {
+    "name": Model.model_id,
+    "createTime": Model.created_at,
+    "create_time": Model.created_at,
+    "updateTime": Model.updated_at,
+    "update_time": Model.updated_at,
+    "displayName": Model.display_name,
+    "display_name": Model.display_name,
+    "state": Model.state,
+    "kind": Model.kind,
+}
+FILTER_FIELDS = {
+    "state": Model.state,
+    "kind": Model.kind,
+    "displayName": Model.display_name,
+    "display_name": Model.display_name,
+    "name": Model.model_id,
+}
+_FILTER_TERM = re.compile(r'^\s*([A-Za-z_]+)\s*(=|!=)\s*"([^"]*)"\s*$')
+
+
+def resource_name(account_id: str, model_id: str) -> str:
+    return f"accounts/{account_id}/models/{model_id}"
+
+
+def validate_model_id(model_id: str) -> str:
+    if not MODEL_ID.match(model_id):
+        raise InvalidArgument(
+            f"invalid model id {model_id!r}: use 1-128 lowercase letters, digits, '-', '.' "
+            "and '_', starting and ending with a letter or digit"
+        )
+    return model_id
+
+
+def get_model(session: Session, account_id: str, model_id: str) -> Model:
+    model = session.scalar(
+        select(Model).where(Model.account_id == account_id, Model.model_id == model_id)
+    )
+    if model is None:
+        raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
+    return model
+
+
+def _apply_fields(model: Model, fields: Mapping[str, Any]) -> None:
+    for key, value in fields.items():
+        if key in READ_ONLY_FIELDS:
+            continue
+        column = COLUMN_FIELDS.get(key)
+        if column is None:
+            model.extra = {**model.extra, key: value}
+            continue
+        if column in ("display_name", "description"):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"{key} must be a string")
+            limit = 64 if column == "display_name" else 1000
+            if len(value) >= limit:
+                raise InvalidArgument(f"{key} must be shorter than {limit} characters")
+        elif column == "kind":
+            if value not in KINDS:
+                raise InvalidArgument(f"unknown kind {value!r}; one of {', '.join(sorted(KINDS))}")
+        elif value is not None and not isinstance(value, dict):
+            raise InvalidArgument(f"{key} must be an object")
+        setattr(model, column, value)
+
+
+def create_model(
+    session: Session, account_id: str, model_id: str, fields: Mapping[str, Any]
+) -> Model:
+    validate_model_id(model_id)
+    exists = session.scalar(
+        select(Model.pk).where(Model.account_id == account_id, Model.model_id == model_id)
+    )
+    if exists is not None:
+        raise AlreadyExists(f'model "{resource_name(account_id, model_id)}" already exists')
+    model = Model(account_id=account_id, model_id=model_id, state=UPLOADING, extra={})
+    _apply_fields(model, fields)
+    session.add(model)
+    session.flush()
+    return model
+
+
+def update_model(
+    session: Session, account_id: str, model_id: str, fields: Mapping[str, Any]
+) -> Model:
+    model = get_model(session, account_id, model_id)
+    _apply_fields(model, fields)
+    model.updated_at = utcnow()
+    session.flush()
+    return model
+
+
+def delete_model(session: Session, account_id: str, model_id: str) -> list[str]:
+    """Delete a model; returns the blob keys it referenced (the caller may collect them)."""
+    model = get_model(session, account_id, model_id)
+    keys = [f.sha256 for f in model.files if f.sha256]
+    session.delete(model)
+    session.flush()
+    return keys
+
+
+@dataclass(frozen=True)
+class Page:
+    models: list[Model]
+    next_page_token: str
+    total_size: int
+
+
+def _parse_filter(query: Select[Model], text: str) -> Select[Model]:
+    if not text.strip():
+        return query
+    for term in re.split(r"\s+AND\s+", text.strip()):
+        match = _FILTER_TERM.match(term)
+        if match is None or match.group(1) not in FILTER_FIELDS:
+            raise InvalidArgument(
+                f"unsupported filter {term.strip()!r}: weightport supports "
+                '`field = "value"` and `field != "value"` joined by AND, on '
+                + ", ".join(sorted(FILTER_FIELDS))
+            )
+        field, op, value = match.groups()
+        column = FILTER_FIELDS[field]
+        if field == "name" and value.startswith("accounts/"):
+            value = value.rsplit("/", 1)[-1]
+        query = query.where(column == value if op == "=" else column != value)
+    return query
+
+
+def _parse_order(query: Select[Model], text: str) -> Select[Model]:
+    terms = [t.strip() for t in text.split(",") if t.strip()] or ["name"]
+    for term in terms:
+        parts = term.split()
+        if not 1 <= len(parts) <= 2 or parts[0] not in ORDER_FIELDS:
+            raise InvalidArgument(
+                f"unsupported orderBy {term!r}; fields: {', '.join(sorted(ORDER_FIELDS))}"
+            )
+        direction = parts[1].lower() if len(parts) == 2 else "asc"
+        if direction not in ("asc", "desc"):
+            raise InvalidArgument(f"orderBy direction must be asc or desc, not {parts[1]!r}")
+        column = ORDER_FIELDS[parts[0]]
+        query = query.order_by(column.desc() if direction == "desc" else column.asc())
+    return query.order_by(Model.pk)
+
+
+def list_models(
+    session: Session,
+    account_id: str,
+    *,
+    page_size: int = 50,
+    page_token: str = "",
+    order_by: str = "",
+    filter_text: str = "",
+) -> Page:
+    """One page of an account's models. Page tokens are opaque offsets."""
+    if page_size < 0:
+        raise InvalidArgument("pageSize must not be negative")
+    page_size = min(page_size or 50, 200)
+    try:
+        offset = int(page_token) if page_token else 0
+    except ValueError:
+        raise InvalidArgument(f"invalid pageToken {page_token!r}") from None
+    if offset < 0:
+        raise InvalidArgument(f"invalid pageToken {page_token!r}")
+    base = _parse_filter(select(Model).where(Model.account_id == account_id), filter_text)
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    models = list(session.scalars(_parse_order(base, order_by).offset(offset).limit(page_size)))
+    next_offset = offset + len(models)
+    return Page(models, str(next_offset) if next_offset < total else "", total)
+
+
+def parse_sizes(filename_to_size: Any) -> dict[str, int]:
+    """Validate ``filenameToSize``: relative paths to sizes given as numbers or strings."""
+    if not isinstance(filename_to_size, dict) or not filename_to_size:
+        raise InvalidArgument("filenameToSize must be a non-empty object of path -> size")
+    if len(filename_to_size) > MAX_FILES:
+        raise InvalidArgument(f"a model may have at most {MAX_FILES} files")
+    sizes: dict[str, int] = {}
+    for path, raw in filename_to_size.items():
+        validate_relative_path(path)
+        if isinstance(raw, bool) or not isinstance(raw, int | str):
+            raise InvalidArgument(f"size of {path!r} must be an integer or a decimal string")
+        try:
+            size = int(raw)
+        except ValueError:
+            raise InvalidArgument(f"size of {path!r} is not an integer: {raw!r}") from None
+        if size < 0:
+            raise InvalidArgument(f"size of {path!r} must not be negative")
+        sizes[path] = size
+    _check_prefix_clashes(sizes)
+    return sizes
+
+
+def _check_prefix_clashes(sizes: Mapping[str, int]) -> None:
+    # "a" and "a/b" cannot both be files of one directory tree.
+    names = set(sizes)
+    for path in names:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in names:
+                raise InvalidArgument(f"{path!r} is inside {'/'.join(parts[:i])!r}, a file")
+
+
+def declare_files(
+    session: Session, account_id: str, model_id: str, sizes: Mapping[str, int]
+) -> list[ModelFile]:
+    """Replace the model's file list with ``sizes`` (callers re-send the full map).
+
+    A file re-declared with the same size keeps what already landed, so an interrupted
+    push resumes without re-sending bytes; a changed size starts that file over.
+    """
+    model = get_model(session, account_id, model_id)
+    if model.state != UPLOADING:
+        raise FailedPrecondition(
+            f'model "{resource_name(account_id, model_id)}" is {model.state}; its files are '
+            "immutable. Create a new model to upload different files."
+        )
+    current = {f.path: f for f in model.files}
+    for path, stale in current.items():
+        if path not in sizes:
+            model.files.remove(stale)
+    for path, size in sizes.items():
+        file = current.get(path)
+        if file is None:
+            model.files.append(ModelFile(path=path, declared_size=size, generation=1))
+        elif file.declared_size != size:
+            file.declared_size = size
+            file.sha256 = None
+            file.generation += 1
+    model.updated_at = utcnow()
+    session.flush()
+    return sorted(model.files, key=lambda f: f.path)
+
+
+def land_file(
+    session: Session,
+    account_id: str,
+    model_id: str,
+    path: str,
+    generation: int,
+    sha256: str,
+    size: int,
+) -> None:
+    """Record that a declared file's bytes are in the store."""
+    model = get_model(session, account_id, model_id)
+    if model.state != UPLOADING:
+        raise FailedPrecondition(f'model "{resource_name(account_id, model_id)}" is {model.state}')
+    file = next((f for f in model.files if f.path == path), None)
+    if file is None or file.generation != generation:
+        raise FailedPrecondition(
+            f"{path!r} is no longer declared with this upload URL; call getUploadEndpoint again"
+        )
+    if size != file.declared_size:
+        raise InvalidArgument(f"{path!r}: got {size} bytes, declared {file.declared_size}")
+    file.sha256 = sha256
+    model.updated_at = utcnow()
+
+
+def missing_files(model: Model) -> list[str]:
+    return [f.path for f in model.files if f.sha256 is None]
+
+
+def mark_ready(session: Session, account_id: str, model_id: str) -> Model:
+    model = get_model(session, account_id, model_id)
+    if model.state == READY:
+        return model
+    if not model.files:
+        raise FailedPrecondition("no files declared yet: call getUploadEndpoint and upload first")
+    missing = missing_files(model)
+    if missing:
+        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise FailedPrecondition(f"{len(missing)} file(s) not uploaded yet: {shown}")
+    model.state = READY
+    model.updated_at = utcnow()
+    session.flush()
+    return model

@@ -1,0 +1,223 @@
+"""The catalog's tables (SQLAlchemy 2 declarative). Portable: SQLite and PostgreSQL.
+
+Times are stored as timezone-aware UTC; JSON columns hold the parts of API resources that
+weightport passes through without interpreting (e.g. Fireworks ``baseModelDetails``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend (SQLite stores naive text; we re-attach UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the catalog")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: UtcDateTime()}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key. Only the sha256 of the secret is stored; the secret is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    account: Mapped[Account] = relationship()
+
+
+class Model(Base):
+    """A Fireworks model resource ``accounts/{account}/models/{model_id}``."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("account_id", "model_id"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(32), default="HF_BASE_MODEL")
+    state: Mapped[str] = mapped_column(String(32), default="UPLOADING")
+    base_model_details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    peft_details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    #: Other Model fields given at create/update, passed through as given (contextLength…).
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    files: Mapped[list[ModelFile]] = relationship(
+        back_populates="model",
+        cascade="all, delete-orphan",
+        order_by="ModelFile.path",
+        lazy="selectin",
+    )
+
+
+class ModelFile(Base):
+    """One file of a model: declared at getUploadEndpoint, landed by the signed PUT."""
+
+    __tablename__ = "model_files"
+    __table_args__ = (UniqueConstraint("model_pk", "path"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_pk: Mapped[int] = mapped_column(ForeignKey("models.pk", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    declared_size: Mapped[int] = mapped_column(BigInteger)
+    #: sha256 of the landed bytes (= blob key); None until the upload has landed.
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    #: Upload generation: bumps when getUploadEndpoint re-declares the file, so a slow PUT
+    #: against an older URL cannot overwrite a newer declaration.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+
+    model: Mapped[Model] = relationship(back_populates="files")
+
+
+class FineTune(Base):
+    """A Together fine-tune job ``ft-<uuid>`` and what it produced."""
+
+    __tablename__ = "fine_tunes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    base_model_pk: Mapped[int] = mapped_column(ForeignKey("models.pk", ondelete="RESTRICT"))
+    model_output_name: Mapped[str] = mapped_column(String(512))
+    #: "Lora" or "Full".
+    training_type: Mapped[str] = mapped_column(String(16))
+    lora_r: Mapped[int | None] = mapped_column(Integer, default=None)
+    lora_alpha: Mapped[float | None] = mapped_column(default=None)
+    #: Together status: pending, running, completed, ...
+    status: Mapped[str] = mapped_column(String(32), default="completed")
+    suffix: Mapped[str] = mapped_column(String(255), default="")
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    base_model: Mapped[Model] = relationship(lazy="joined")
+    checkpoints: Mapped[list[Checkpoint]] = relationship(
+        back_populates="fine_tune",
+        cascade="all, delete-orphan",
+        order_by="Checkpoint.step",
+        lazy="selectin",
+    )
+
+
+class Checkpoint(Base):
+    """What a fine-tune saved at one step: adapter files and/or full weights."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("fine_tune_id", "step"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fine_tune_id: Mapped[str] = mapped_column(ForeignKey("fine_tunes.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    #: "intermediate" or "final".
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    fine_tune: Mapped[FineTune] = relationship(back_populates="checkpoints")
+    files: Mapped[list[CheckpointFile]] = relationship(
+        back_populates="checkpoint",
+        cascade="all, delete-orphan",
+        order_by="CheckpointFile.path",
+        lazy="selectin",
+    )
+
+
+class CheckpointFile(Base):
+    __tablename__ = "checkpoint_files"
+    __table_args__ = (UniqueConstraint("checkpoint_pk", "artifact", "path"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    checkpoint_pk: Mapped[int] = mapped_column(
+        ForeignKey("checkpoints.pk", ondelete="CASCADE"), index=True
+    )
+    #: "adapter" (PEFT adapter directory) or "model" (full HF model directory).
+    artifact: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+
+    checkpoint: Mapped[Checkpoint] = relationship(back_populates="files")
+
+
+class ArchiveBuild(Base):
+    """A compressed archive built once and cached in the blob store, keyed by plan digest."""
+
+    __tablename__ = "archive_builds"
+
+    plan_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer)
+    #: pending, building, ready, failed
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    index: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+Index("ix_models_account_created", Model.account_id, Model.created_at)
+Index("ix_fine_tunes_account_created", FineTune.account_id, FineTune.created_at)

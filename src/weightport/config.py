@@ -1,0 +1,166 @@
+"""Settings: explicit argument > environment (``WEIGHTPORT_*``) > config file > default.
+
+The config file is TOML (``weightport.toml`` in the data directory, or ``WEIGHTPORT_CONFIG``)
+with the same keys as :class:`Settings`. Values are parsed strictly: an unknown key or a
+boolean spelled ``"maybe"`` is an error, never a silent default. Nothing is read at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from weightport.errors import InvalidArgument
+
+ENV_PREFIX = "WEIGHTPORT_"
+CONFIG_FILE_NAME = "weightport.toml"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a weightport server needs to know, with documented defaults."""
+
+    #: Where SQLite, the local blob store and the signing keys live.
+    data_dir: Path = Path("weightport-data")
+    #: Address to bind. Loopback by default: expose deliberately.
+    host: str = "127.0.0.1"
+    port: int = 8700
+    #: SQLAlchemy URL; empty means SQLite in the data directory.
+    database_url: str = ""
+    #: Base URL clients reach this server at, used in signed URLs. Empty: from the request.
+    public_url: str = ""
+    #: Lifetime of signed download / upload URLs, seconds.
+    download_url_ttl: int = 3600
+    upload_url_ttl: int = 3600
+    #: Most ranges served in one multi-range request before answering the whole entity.
+    max_ranges: int = 64
+    #: Largest JSON request body accepted, bytes.
+    max_json_body: int = 4 * 1024 * 1024
+    #: Largest single uploaded file, bytes.
+    max_upload_size: int = 1 << 40
+    #: Archive encoding for fine-tune downloads: "stored", "compressed" or "auto"
+    #: (compressed when a cached build exists, otherwise stored).
+    archive_encoding: str = "auto"
+    #: Build compressed archives in the background when checkpoints arrive.
+    archive_prebuild: bool = False
+    archive_level: int = 3
+    archive_threads: int = 2
+    #: Blob store: "local" or "s3".
+    store: str = "local"
+    s3_endpoint: str = ""
+    s3_public_endpoint: str = ""
+    s3_bucket: str = "weightport"
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    #: Signing keys "kid:secret,kid2:secret2"; the first signs, all verify. Empty: a key
+    #: generated once and kept in the data directory (one machine only).
+    signing_keys: str = ""
+    #: Seed the demo model and fine-tune on first start.
+    seed_demo: bool = False
+    log_level: str = "info"
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'catalog.sqlite3').resolve()}"
+
+    def validate(self) -> Settings:
+        if self.archive_encoding not in {"stored", "compressed", "auto"}:
+            raise InvalidArgument(
+                "archive_encoding must be stored, compressed or auto, "
+                f"not {self.archive_encoding!r}"
+            )
+        if self.store not in {"local", "s3"}:
+            raise InvalidArgument(f"store must be local or s3, not {self.store!r}")
+        for name in ("download_url_ttl", "upload_url_ttl", "max_ranges", "archive_threads"):
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"{name} must be positive")
+        if not 1 <= self.archive_level <= 22:
+            raise InvalidArgument("archive_level must be between 1 and 22")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _FIELDS[name].type
+    if kind in ("bool", bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise InvalidArgument(f"{name}: {raw!r} is not a boolean (use true/false)")
+    if kind in ("int", int):
+        if isinstance(raw, bool):
+            raise InvalidArgument(f"{name}: {raw!r} is not an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{name}: {raw!r} is not an integer") from None
+    if kind in ("Path", Path):
+        return Path(str(raw)).expanduser()
+    if not isinstance(raw, str):
+        raise InvalidArgument(f"{name}: {raw!r} is not a string")
+    return raw
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise InvalidArgument(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    return data
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve settings from arguments, environment, config file and defaults, in that order.
+
+    ``overrides`` holds explicit arguments; ``None`` values mean "not given".
+    """
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(_FIELDS))
+    if unknown:
+        raise InvalidArgument(f"unknown setting(s) {', '.join(unknown)}")
+    from_env = {
+        name: env[ENV_PREFIX + name.upper()] for name in _FIELDS if ENV_PREFIX + name.upper() in env
+    }
+    data_dir = Path(
+        str(given.get("data_dir") or from_env.get("data_dir") or Settings.data_dir)
+    ).expanduser()
+    config_path = Path(env.get(ENV_PREFIX + "CONFIG", str(data_dir / CONFIG_FILE_NAME)))
+    merged: dict[str, Any] = {}
+    merged.update(_from_file(config_path))
+    merged.update(from_env)
+    merged.update(given)
+    values = {name: _coerce(name, raw) for name, raw in merged.items()}
+    return Settings(**values).validate()
+
+
+def documented_settings() -> list[tuple[str, str, Any]]:
+    """(name, environment variable, default) for every setting, for docs and ``--help``."""
+    return [(n, ENV_PREFIX + n.upper(), f.default) for n, f in _FIELDS.items()]

@@ -1,0 +1,184 @@
+"""The one error tree of weightport.
+
+Every error a caller can trigger is a :class:`WeightportError`. Each knows its HTTP status,
+its gRPC code (for the Fireworks ``google.rpc.Status`` envelope), its Together error type,
+and a stable machine-readable ``code``. The server renders them in exactly one place
+(``weightport.server.envelopes``); the client maps codes back with one table.
+
+::
+
+    WeightportError                      500 INTERNAL
+    ├── InvalidArgument                  400 INVALID_ARGUMENT
+    │   ├── FailedPrecondition           400 FAILED_PRECONDITION
+    │   ├── MalformedRange               400 (a Range header we refuse to parse)
+    │   └── PayloadTooLarge              413
+    ├── RangeNotSatisfiable              416
+    ├── Unauthenticated                  401 UNAUTHENTICATED
+    ├── PermissionDenied                 403 PERMISSION_DENIED
+    │   └── SignatureInvalid             403 (tampered, expired or unknown-key signed URL)
+    │       └── SignatureExpired         403 (an authentic signed URL past its expiry)
+    ├── NotFound (also LookupError)      404 NOT_FOUND
+    ├── MethodNotAllowed                 405 UNIMPLEMENTED
+    ├── AlreadyExists                    409 ALREADY_EXISTS
+    ├── PreconditionFailed               412 (If-Match style precondition)
+    ├── Unavailable                      503 UNAVAILABLE
+    └── StorageError                     500 INTERNAL / DATA_LOSS
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+
+class GrpcCode(IntEnum):
+    """google.rpc.Code values used by the Fireworks envelope."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class WeightportError(Exception):
+    """Base of every error weightport raises on purpose."""
+
+    status: ClassVar[int] = 500
+    grpc: ClassVar[GrpcCode] = GrpcCode.INTERNAL
+    together_type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal"
+    #: Whether a client should retry the same request (rendered as ``x-should-retry``).
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(WeightportError, ValueError):
+    status = 400
+    grpc = GrpcCode.INVALID_ARGUMENT
+    together_type = "invalid_request_error"
+    code = "invalid_argument"
+    retryable = False
+
+
+class FailedPrecondition(InvalidArgument):
+    """The request is valid but the resource is not in a state that allows it."""
+
+    grpc = GrpcCode.FAILED_PRECONDITION
+    code = "failed_precondition"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        # Fireworks callers poll on the literal string in the message (reference §3).
+        if not message.startswith("FAILED_PRECONDITION"):
+            message = f"FAILED_PRECONDITION: {message}"
+        super().__init__(message, param=param)
+
+
+class MalformedRange(InvalidArgument):
+    code = "malformed_range"
+
+
+class PayloadTooLarge(InvalidArgument):
+    status = 413
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(WeightportError):
+    status = 416
+    grpc = GrpcCode.OUT_OF_RANGE
+    together_type = "invalid_request_error"
+    code = "range_not_satisfiable"
+    retryable = False
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class Unauthenticated(WeightportError):
+    status = 401
+    grpc = GrpcCode.UNAUTHENTICATED
+    together_type = "authentication_error"
+    code = "unauthenticated"
+    retryable = False
+
+
+class PermissionDenied(WeightportError, PermissionError):
+    status = 403
+    grpc = GrpcCode.PERMISSION_DENIED
+    together_type = "permission_error"
+    code = "permission_denied"
+    retryable = False
+
+
+class SignatureInvalid(PermissionDenied):
+    code = "signature_invalid"
+
+
+class SignatureExpired(SignatureInvalid):
+    """An authentic signed URL used after its expiry: the caller should mint a fresh one."""
+
+    code = "signature_expired"
+
+
+class NotFound(WeightportError, LookupError):
+    status = 404
+    grpc = GrpcCode.NOT_FOUND
+    together_type = "invalid_request_error"
+    code = "not_found"
+    retryable = False
+
+
+class MethodNotAllowed(WeightportError):
+    status = 405
+    grpc = GrpcCode.UNIMPLEMENTED
+    together_type = "invalid_request_error"
+    code = "method_not_allowed"
+    retryable = False
+
+
+class AlreadyExists(WeightportError):
+    status = 409
+    grpc = GrpcCode.ALREADY_EXISTS
+    together_type = "invalid_request_error"
+    code = "already_exists"
+    retryable = False
+
+
+class PreconditionFailed(WeightportError):
+    status = 412
+    grpc = GrpcCode.FAILED_PRECONDITION
+    together_type = "invalid_request_error"
+    code = "precondition_failed"
+    retryable = False
+
+
+class Unavailable(WeightportError):
+    status = 503
+    grpc = GrpcCode.UNAVAILABLE
+    code = "unavailable"
+
+
+class StorageError(WeightportError):
+    """The blob store failed or holds bytes that do not match their address."""
+
+    code = "storage_error"

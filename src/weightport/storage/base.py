@@ -1,0 +1,132 @@
+"""Storage as small protocols (after obspec): one capability each.
+
+Every store implements :class:`BlobStore` (head, read, write, delete, list). Stores that
+can do more say so by also implementing a capability protocol:
+
+- :class:`LocalPaths` — the blob is a file on this machine (the server may ``sendfile`` it);
+- :class:`Presigner` — the store can hand out its own time-limited GET URLs (S3), which takes
+  weightport out of the data path.
+
+Blobs are immutable and addressed by the lowercase hex sha256 of their bytes. Byte ranges
+inside the code are half-open ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob: its address (sha256 hex) and size in bytes."""
+
+    key: str
+    size: int
+
+
+class BlobUpload(Protocol):
+    """An upload in progress. Nothing is visible under any key until :meth:`commit`."""
+
+    @property
+    def written(self) -> int: ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def commit(self) -> BlobInfo:
+        """Finish: verify, make the blob visible atomically under its sha256, return it."""
+        ...
+
+    def abort(self) -> None:
+        """Drop everything written; safe to call more than once and after commit."""
+        ...
+
+
+class BlobStore(Protocol):
+    """The one protocol every blob store implements."""
+
+    def head(self, key: str) -> BlobInfo | None:
+        """The blob's info, or ``None`` if there is no such blob."""
+        ...
+
+    def readinto(self, key: str, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` entirely with the blob's bytes starting at ``offset``.
+
+        Raises :class:`weightport.errors.StorageError` if the blob is shorter.
+        """
+        ...
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """The bytes ``[start, end)`` of the blob."""
+        ...
+
+    def begin_upload(self) -> BlobUpload:
+        """Start writing a new blob; its key is known only when it is committed."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove a blob; removing a missing blob is not an error."""
+        ...
+
+    def list(self) -> Iterator[BlobInfo]:
+        """Every committed blob, in no particular order."""
+        ...
+
+
+@runtime_checkable
+class LocalPaths(Protocol):
+    """Capability: blobs are regular files on this machine."""
+
+    def local_path(self, key: str) -> Path: ...
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """Capability: the store signs its own time-limited GET URLs."""
+
+    def presign_get(self, key: str, *, expires_in: int, filename: str) -> str: ...
+
+
+class ByteSource(Protocol):
+    """Random-access bytes of a known size: a stored blob, or a computed view (a merged shard).
+
+    The archive view reads its members through this, so it does not care where bytes live.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` entirely with bytes ``[offset, offset + len(buf))``."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlobSource:
+    """A :class:`ByteSource` over one blob of a store."""
+
+    store: BlobStore
+    key: str
+    size: int
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        self.store.readinto(self.key, offset, buf)
+
+
+@dataclass(frozen=True)
+class MemorySource:
+    """A :class:`ByteSource` over bytes in memory (small generated files, tests)."""
+
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        if offset < 0 or end > len(self.data):
+            raise ValueError(f"read [{offset}, {end}) outside 0..{len(self.data)}")
+        buf[:] = self.data[offset:end]
