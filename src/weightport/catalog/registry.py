@@ -304,16 +304,21 @@ def missing_files(model: Model) -> list[str]:
     return [f.path for f in model.files if f.sha256 is None]
 
 
-def mark_ready(session: Session, account_id: str, model_id: str) -> Model:
-    model = get_model(session, account_id, model_id)
-    if model.state == READY:
-        return model
+def require_complete(model: Model) -> None:
+    """Raise FAILED_PRECONDITION naming what is missing unless every declared file landed."""
     if not model.files:
         raise FailedPrecondition("no files declared yet: call getUploadEndpoint and upload first")
     missing = missing_files(model)
     if missing:
         shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
         raise FailedPrecondition(f"{len(missing)} file(s) not uploaded yet: {shown}")
+
+
+def mark_ready(session: Session, account_id: str, model_id: str) -> Model:
+    model = get_model(session, account_id, model_id)
+    if model.state == READY:
+        return model
+    require_complete(model)
     model.state = READY
     model.updated_at = utcnow()
     session.flush()

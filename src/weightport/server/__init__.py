@@ -1,0 +1,1 @@
+"""The HTTP server: Fireworks routes, Together routes, signed blob routes."""

@@ -1,0 +1,87 @@
+"""The aiohttp application: routes, the error middleware, and building the server context."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from weightport.catalog.db import Catalog
+from weightport.config import Settings
+from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
+from weightport.server import blobs, fireworks
+from weightport.server.context import CONTEXT, ServerContext
+from weightport.server.envelopes import dialect_for, error_response
+from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
+from weightport.storage.base import BlobStore
+from weightport.storage.local import LocalStore
+
+log = logging.getLogger("weightport.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _translate_http(exc: web.HTTPException) -> WeightportError | None:
+    """aiohttp's own errors (unknown route, wrong method, huge body) in our tree."""
+    if exc.status == 404:
+        return NotFound("no such route")
+    if exc.status == 405:
+        return MethodNotAllowed("method not allowed on this route")
+    if exc.status == 413:
+        return PayloadTooLarge("request body too large")
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    dialect = dialect_for(request.path)
+    try:
+        return await handler(request)
+    except WeightportError as exc:
+        return error_response(exc, dialect)
+    except web.HTTPException as exc:
+        translated = _translate_http(exc)
+        if translated is None:
+            raise
+        return error_response(translated, dialect)
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error_response(WeightportError("internal error; see the server log"), dialect)
+
+
+def open_store(settings: Settings) -> BlobStore:
+    store = LocalStore(settings.data_dir / "store")
+    # Temp files left by a crash mid-upload were never visible; nothing can resume them.
+    store.cleanup_temp(older_than_s=0)
+    return store
+
+
+def build_context(settings: Settings) -> ServerContext:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    keys = (
+        parse_signing_keys(settings.signing_keys)
+        if settings.signing_keys
+        else load_or_create_keyfile(settings.data_dir / "signing-keys")
+    )
+    return ServerContext(
+        settings=settings,
+        catalog=Catalog.open(settings.effective_database_url),
+        store=open_store(settings),
+        signer=UrlSigner(keys),
+    )
+
+
+def create_app(ctx: ServerContext) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2 * 4)
+    app[CONTEXT] = ctx
+    fireworks.add_routes(app)
+    blobs.add_routes(app)
+
+    async def close(_app: web.Application) -> None:
+        ctx.catalog.close()
+
+    app.on_cleanup.append(close)
+    return app

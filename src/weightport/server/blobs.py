@@ -1,0 +1,156 @@
+"""Signed file routes: ``GET``/``HEAD``/``PUT /files/{account}/{model}/{path}``.
+
+No API key here: the signature in the query string is the credential. It binds the method,
+the decoded path, the expiry and the key id, plus what the route needs to stay honest:
+the blob's sha256 for downloads, the declared size and upload generation for uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from urllib.parse import quote, urlencode
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from weightport.catalog import registry
+from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
+from weightport.paths import validate_relative_path
+from weightport.server.byteserve import Entity, LocalFile, SourceBody, serve_entity
+from weightport.server.context import ServerContext, context_of
+from weightport.storage.base import BlobSource, LocalPaths, Presigner
+
+PREFIX = "/files"
+UPLOAD_BUFFER = 1 << 20
+
+
+def _decoded_path(account: str, model_id: str, path: str) -> str:
+    return f"{PREFIX}/{account}/{model_id}/{path}"
+
+
+def signed_file_url(
+    ctx: ServerContext,
+    base: str,
+    *,
+    method: str,
+    account: str,
+    model_id: str,
+    path: str,
+    ttl: int,
+    bound: dict[str, str],
+) -> str:
+    """A signed URL for one file of a model."""
+    now = ctx.now()
+    query = ctx.signer.sign(
+        method,
+        _decoded_path(account, model_id, path),
+        expires_at=now + ttl,
+        now=now,
+        bound=bound,
+    )
+    raw_path = f"{PREFIX}/{quote(account, safe='')}/{quote(model_id, safe='')}/{quote(path)}"
+    return f"{base}{raw_path}?{urlencode(query)}"
+
+
+def _target(request: web.Request) -> tuple[str, str, str]:
+    account = request.match_info["account"]
+    model_id = request.match_info["model"]
+    path = validate_relative_path(request.match_info["path"])
+    return account, model_id, path
+
+
+def _verify(request: web.Request, method: str) -> dict[str, str]:
+    ctx = context_of(request)
+    account, model_id, path = _target(request)
+    bound = ctx.signer.verify(
+        method, _decoded_path(account, model_id, path), request.query, now=ctx.now()
+    )
+    return dict(bound)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """Serve a READY model's file: Range, HEAD, conditional requests, zero-copy if local."""
+    ctx = context_of(request)
+    bound = _verify(request, "GET")
+    account, model_id, path = _target(request)
+    sha256 = bound.get("sha256", "")
+
+    def find(session: Session) -> int:
+        model = registry.get_model(session, account, model_id)
+        file = next((f for f in model.files if f.path == path), None)
+        if model.state != registry.READY or file is None or file.sha256 != sha256:
+            raise NotFound(f"file {path!r} of model {model_id!r} is no longer available")
+        return file.declared_size
+
+    size = await ctx.catalog.run(find)
+    entity = Entity(size=size, etag=sha256, filename=posixpath.basename(path))
+    store = ctx.store
+    if isinstance(store, Presigner):
+        raise web.HTTPTemporaryRedirect(
+            store.presign_get(sha256, expires_in=300, filename=entity.filename or "file")
+        )
+    if isinstance(store, LocalPaths):
+        body: LocalFile | SourceBody = LocalFile(store.local_path(sha256))
+    else:
+        body = SourceBody(BlobSource(store, sha256, size))
+    return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
+
+
+async def upload(request: web.Request) -> web.Response:
+    """Receive one declared file: size enforced, sha256 computed while streaming to the store."""
+    ctx = context_of(request)
+    bound = _verify(request, "PUT")
+    account, model_id, path = _target(request)
+    try:
+        size = int(bound["size"])
+        generation = int(bound["gen"])
+    except (KeyError, ValueError):
+        raise SignatureInvalid("this URL is not an upload URL") from None
+    _check_declared_length(request, size)
+
+    upload = ctx.store.begin_upload()
+    try:
+        pending = bytearray()
+        async for chunk in request.content.iter_chunked(UPLOAD_BUFFER):
+            if upload.written + len(pending) + len(chunk) > size:
+                raise InvalidArgument(f"{path!r}: body is larger than the declared {size} bytes")
+            pending += chunk
+            if len(pending) >= UPLOAD_BUFFER:
+                data, pending = bytes(pending), bytearray()
+                await asyncio.to_thread(upload.write, data)
+        if pending:
+            await asyncio.to_thread(upload.write, bytes(pending))
+        if upload.written != size:
+            raise InvalidArgument(
+                f"{path!r}: body has {upload.written} bytes, declared {size}; upload again"
+            )
+        info = await asyncio.to_thread(upload.commit)
+    except BaseException:
+        await asyncio.to_thread(upload.abort)
+        raise
+    await ctx.catalog.run(
+        lambda s: registry.land_file(s, account, model_id, path, generation, info.key, info.size)
+    )
+    return web.Response(status=200)
+
+
+def _check_declared_length(request: web.Request, size: int) -> None:
+    if request.content_length is not None and request.content_length != size:
+        raise InvalidArgument(
+            f"Content-Length {request.content_length} does not match the declared size {size}"
+        )
+    header = request.headers.get("x-goog-content-length-range")
+    if header:
+        try:
+            low, high = (int(part) for part in header.split(","))
+        except ValueError:
+            raise InvalidArgument(f"malformed x-goog-content-length-range {header!r}") from None
+        if not low <= size <= high:
+            raise FailedPrecondition(f"declared size {size} is outside {header}")
+
+
+def add_routes(app: web.Application) -> None:
+    route = PREFIX + "/{account}/{model}/{path:.+}"
+    app.router.add_get(route, download, allow_head=True)
+    app.router.add_put(route, upload)

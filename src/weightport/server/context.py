@@ -1,0 +1,38 @@
+"""What every handler needs, built once per server process and stored on the app."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from weightport.catalog.db import Catalog
+from weightport.config import Settings
+from weightport.signing import UrlSigner
+from weightport.storage.base import BlobStore
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    catalog: Catalog
+    store: BlobStore
+    signer: UrlSigner
+
+    def public_base(self, request: web.Request) -> str:
+        """The scheme://host[:port] clients use to reach us (configured, else the request's)."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        return f"{request.scheme}://{request.host}"
+
+    @staticmethod
+    def now() -> int:
+        return int(time.time())
+
+
+CONTEXT = web.AppKey("weightport_context", ServerContext)
+
+
+def context_of(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT]

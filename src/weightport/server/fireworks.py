@@ -1,0 +1,285 @@
+"""The Fireworks Gateway model API: ``/v1/accounts/{account}/models[/{model}[:verb]]``.
+
+The path is split on ``/`` *before* percent-decoding, and the custom verb on the *last* ``:``
+of the final segment (grpc-gateway rules), so ids with encoded ``/`` or ``:`` route correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from weightport.catalog import registry
+from weightport.catalog.schema import Model
+from weightport.errors import FailedPrecondition, InvalidArgument, MethodNotAllowed, NotFound
+from weightport.server.blobs import signed_file_url
+from weightport.server.context import context_of
+from weightport.server.fireworks_resources import (
+    MODEL_FIELDS,
+    apply_read_mask,
+    model_json,
+    parse_read_mask,
+)
+from weightport.server.requests import authenticated_account, json_body, query_bool, query_int
+
+Handler = Callable[[web.Request, str, str], Awaitable[web.Response]]
+
+DOWNLOAD_FIELDS = ("filenameToSignedUrls", "filenameToSize", "filenameToSha256")
+UPLOAD_FIELDS = ("filenameToSignedUrls", "filenameToUnsignedUris")
+
+
+def ok(body: dict[str, Any]) -> web.Response:
+    return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+def _split(request: web.Request) -> tuple[str, str | None, str | None]:
+    """(account, model id or None, verb or None) from the raw, still-encoded path."""
+    segments = request.raw_path.split("?", 1)[0].split("/")
+    # ["", "v1", "accounts", account, "models", (last)]
+    if len(segments) not in (5, 6) or segments[4] != "models" or not segments[3]:
+        raise NotFound(f"no such route: {request.method} {request.path}")
+    account = unquote(segments[3])
+    if len(segments) == 5:
+        return account, None, None
+    last = segments[5]
+    raw_id, colon, verb = last.rpartition(":")
+    if not colon:
+        raw_id, verb = last, ""
+    model_id = unquote(raw_id)
+    if not model_id:
+        raise NotFound(f"no such route: {request.method} {request.path}")
+    return account, model_id, unquote(verb) or None
+
+
+async def dispatch(request: web.Request) -> web.Response:
+    account, model_id, verb = _split(request)
+    caller = await authenticated_account(request)
+    if caller != account:
+        # Another account's resources are indistinguishable from missing ones.
+        what = f"accounts/{account}" + (f"/models/{model_id}" if model_id else "")
+        raise NotFound(f'"{what}" not found')
+    if model_id is None:
+        table: dict[str, Callable[[web.Request, str], Awaitable[web.Response]]] = {
+            "GET": list_models,
+            "POST": create_model,
+        }
+        collection_handler = table.get(request.method)
+        if collection_handler is None:
+            raise MethodNotAllowed(f"{request.method} is not allowed on the models collection")
+        return await collection_handler(request, account)
+    handlers: dict[tuple[str, str | None], Handler] = {
+        ("GET", None): get_model,
+        ("PATCH", None): update_model,
+        ("DELETE", None): delete_model,
+        ("GET", "getDownloadEndpoint"): get_download_endpoint,
+        ("POST", "getUploadEndpoint"): get_upload_endpoint,
+        ("GET", "validateUpload"): validate_upload,
+        ("POST", "prepare"): prepare,
+    }
+    item_handler = handlers.get((request.method, verb))
+    if item_handler is None:
+        if any(v == verb for _, v in handlers):
+            raise MethodNotAllowed(f"{request.method} is not allowed for :{verb or 'model'}")
+        raise NotFound(f"unknown method :{verb}")
+    return await item_handler(request, account, model_id)
+
+
+async def list_models(request: web.Request, account: str) -> web.Response:
+    ctx = context_of(request)
+    mask = parse_read_mask(request.query.get("readMask"), MODEL_FIELDS)
+
+    def run(session: Session) -> dict[str, Any]:
+        page = registry.list_models(
+            session,
+            account,
+            page_size=query_int(request, "pageSize", 50),
+            page_token=request.query.get("pageToken", ""),
+            order_by=request.query.get("orderBy", ""),
+            filter_text=request.query.get("filter", ""),
+        )
+        return {
+            "models": [apply_read_mask(model_json(m), mask) for m in page.models],
+            "nextPageToken": page.next_page_token,
+            "totalSize": page.total_size,
+        }
+
+    return ok(await ctx.catalog.run(run))
+
+
+async def create_model(request: web.Request, account: str) -> web.Response:
+    ctx = context_of(request)
+    body = await json_body(request)
+    model_id = body.get("modelId")
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidArgument("modelId is required", param="modelId")
+    fields = body.get("model") or {}
+    if not isinstance(fields, dict):
+        raise InvalidArgument("model must be an object", param="model")
+
+    def run(session: Session) -> dict[str, Any]:
+        return model_json(registry.create_model(session, account, model_id, fields))
+
+    return ok(await ctx.catalog.run(run))
+
+
+async def get_model(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    mask = parse_read_mask(request.query.get("readMask"), MODEL_FIELDS)
+    model = await ctx.catalog.run(lambda s: model_json(registry.get_model(s, account, model_id)))
+    return ok(apply_read_mask(model, mask))
+
+
+async def update_model(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    body = await json_body(request)
+    mask_text = request.query.get("updateMask")
+    if mask_text:
+        wanted = parse_read_mask(mask_text, MODEL_FIELDS) or set(body)
+        body = {k: v for k, v in body.items() if k in wanted}
+    return ok(
+        await ctx.catalog.run(
+            lambda s: model_json(registry.update_model(s, account, model_id, body))
+        )
+    )
+
+
+async def delete_model(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    await ctx.catalog.run(lambda s: registry.delete_model(s, account, model_id))
+    return ok({})
+
+
+async def prepare(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    await json_body(request, required=False)
+    await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
+    return ok({})
+
+
+async def get_upload_endpoint(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    body = await json_body(request)
+    # enableResumableUpload is accepted and ignored: uploads are single signed PUTs, and an
+    # interrupted push resumes per file (landed files are kept when re-declared).
+    sizes = registry.parse_sizes(body.get("filenameToSize"))
+    files = await ctx.catalog.run(lambda s: registry.declare_files(s, account, model_id, sizes))
+    base = ctx.public_base(request)
+    urls = {
+        f.path: signed_file_url(
+            ctx,
+            base,
+            method="PUT",
+            account=account,
+            model_id=model_id,
+            path=f.path,
+            ttl=ctx.settings.upload_url_ttl,
+            bound={"size": str(f.declared_size), "gen": str(f.generation)},
+        )
+        for f in files
+        if f.sha256 is None
+    }
+    result = {"filenameToSignedUrls": urls, "filenameToUnsignedUris": {}}
+    mask = parse_read_mask(body.get("readMask"), UPLOAD_FIELDS)
+    if mask is not None:
+        # flumina-era callers read filenameToUnsignedUris unconditionally: always keep it.
+        mask.add("filenameToUnsignedUris")
+    return ok(apply_read_mask(result, mask))
+
+
+async def validate_upload(request: web.Request, account: str, model_id: str) -> web.Response:
+    ctx = context_of(request)
+    skip_config = query_bool(request, "skipHfConfigValidation")
+    query_bool(request, "configOnly")
+    query_bool(request, "trustRemoteCode")
+
+    def check(session: Session) -> tuple[Model, str | None]:
+        model = registry.get_model(session, account, model_id)
+        if model.state != registry.READY:
+            registry.require_complete(model)
+        config = next((f for f in model.files if f.path == "config.json"), None)
+        return model, config.sha256 if config else None
+
+    model, config_key = await ctx.catalog.run(check)
+    warnings: list[str] = []
+    if model.state != registry.READY:
+        if model.kind == "HF_BASE_MODEL" and not skip_config:
+            if config_key is None:
+                raise FailedPrecondition("config.json is required for an HF_BASE_MODEL")
+            details = await _parse_config(request, config_key)
+            if model.base_model_details is None or not model.base_model_details.get(
+                "modelType"
+            ):
+                merged = {**(model.base_model_details or {}), **details}
+                await ctx.catalog.run(
+                    lambda s: registry.update_model(
+                        s, account, model_id, {"baseModelDetails": merged}
+                    )
+                )
+        elif config_key is None and model.kind == "HF_BASE_MODEL":
+            warnings.append("no config.json: architecture was not detected")
+        await ctx.catalog.run(lambda s: registry.mark_ready(s, account, model_id))
+    return ok({"warnings": warnings})
+
+
+async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
+    store = context_of(request).store
+    info = await asyncio.to_thread(store.head, key)
+    if info is None:
+        raise FailedPrecondition("config.json is missing from the store; upload it again")
+    if info.size > 4 * 1024 * 1024:
+        raise FailedPrecondition("config.json is larger than 4 MiB")
+    raw = await asyncio.to_thread(store.read_range, key, 0, info.size)
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FailedPrecondition(f"config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise FailedPrecondition("config.json must be a JSON object")
+    details: dict[str, Any] = {"checkpointFormat": "HUGGINGFACE", "worldSize": 1}
+    if isinstance(config.get("model_type"), str):
+        details["modelType"] = config["model_type"]
+    return details
+
+
+async def get_download_endpoint(
+    request: web.Request, account: str, model_id: str
+) -> web.Response:
+    ctx = context_of(request)
+    mask = parse_read_mask(request.query.get("readMask"), DOWNLOAD_FIELDS)
+    model = await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
+    if model.state != registry.READY:
+        raise FailedPrecondition(
+            f'model "{registry.resource_name(account, model_id)}" is {model.state}: call '
+            "validateUpload once every file has landed"
+        )
+    base = ctx.public_base(request)
+    urls: dict[str, str] = {}
+    sizes: dict[str, str] = {}
+    digests: dict[str, str] = {}
+    for f in model.files:
+        if f.sha256 is None:
+            continue
+        urls[f.path] = signed_file_url(
+            ctx,
+            base,
+            method="GET",
+            account=account,
+            model_id=model_id,
+            path=f.path,
+            ttl=ctx.settings.download_url_ttl,
+            bound={"sha256": f.sha256},
+        )
+        sizes[f.path] = str(f.declared_size)
+        digests[f.path] = f.sha256
+    body = {"filenameToSignedUrls": urls, "filenameToSize": sizes, "filenameToSha256": digests}
+    return ok(apply_read_mask(body, mask))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/v1/accounts/{rest:.*}", dispatch)

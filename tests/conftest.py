@@ -1,0 +1,124 @@
+"""Shared fixtures: real weightport servers on 127.0.0.1, in their own processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from weightport.catalog import accounts
+from weightport.catalog.db import Catalog
+
+KEY_PATTERN = re.compile(r"wp_[0-9a-f]+_[A-Za-z0-9_-]+")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A ``weightport serve`` process on loopback with its own data directory."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    demo: bool = True
+    admin_key: str = ""
+    process: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        args = [sys.executable, "-m", "weightport", "serve", "--data-dir", str(self.data_dir)]
+        args += ["--port", str(self.port), "--demo" if self.demo else "--no-demo"]
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
+        if not self.admin_key:
+            found = KEY_PATTERN.search(self.log_path.read_text())
+            if found:
+                self.admin_key = found.group(0)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def catalog(self) -> Catalog:
+        return Catalog.open(f"sqlite:///{self.data_dir / 'catalog.sqlite3'}", upgrade=False)
+
+    def new_account(self, account_id: str) -> str:
+        """Create an account (if new) and return a fresh API key for it."""
+        catalog = self.catalog()
+        try:
+
+            def run(session: Session) -> str:
+                accounts.ensure_account(session, account_id)
+                return accounts.create_key(session, account_id).secret
+
+            return catalog.call(run)
+        finally:
+            catalog.close()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server for the whole session (demo seeded); tests make their own accounts."""
+    server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[type[LiveServer]]:
+    """Servers a test may kill and restart; all stopped at the end."""
+    started: list[LiveServer] = []
+
+    class Factory(LiveServer):
+        def __post_init__(self) -> None:
+            started.append(self)
+
+    yield Factory
+    for server in started:
+        server.stop(signal.SIGKILL)
