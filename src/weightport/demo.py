@@ -13,6 +13,8 @@ import numpy as np
 from safetensors.numpy import save
 
 DEMO_MODEL_ID = "demo-llama"
+DEMO_SUFFIX = "demo"
+DEMO_STEPS = (10, 20, 30)
 
 DIMS: dict[str, int] = {
     "hidden_size": 64,

@@ -207,6 +207,10 @@ class ArchiveBuild(Base):
 
     plan_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     level: Mapped[int] = mapped_column(Integer)
+    #: What the archive is of, for progress reports (the digest is what identifies it).
+    fine_tune_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    step: Mapped[int | None] = mapped_column(Integer, default=None)
+    artifact: Mapped[str | None] = mapped_column(String(16), default=None)
     #: pending, building, ready, failed
     state: Mapped[str] = mapped_column(String(16), default="pending")
     done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

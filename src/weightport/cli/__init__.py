@@ -7,6 +7,7 @@ import sys
 import click
 
 from weightport import __version__
+from weightport.cli.finetunes import finetunes_group
 from weightport.cli.keys import keys_group
 from weightport.cli.models import models_group
 from weightport.cli.serve import serve_command
@@ -22,6 +23,7 @@ def cli() -> None:
 cli.add_command(serve_command)
 cli.add_command(keys_group)
 cli.add_command(models_group)
+cli.add_command(finetunes_group)
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from weightport import demo
-from weightport.catalog import accounts, registry
+from weightport.catalog import accounts, finetunes, registry
 from weightport.catalog.schema import Account
+from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
 from weightport.cli.options import data_options, settings_from
 from weightport.ingest import register_model
 from weightport.server.app import build_context, create_app
@@ -34,8 +35,16 @@ def bootstrap_admin(ctx: ServerContext) -> str | None:
     return ctx.catalog.call(run)
 
 
-def seed_demo(ctx: ServerContext) -> bool:
-    """Seed the demo model into the admin account unless it exists; True if seeded now."""
+def _demo_fine_tune(session: Session) -> str | None:
+    jobs = finetunes.list_fine_tunes(session, ADMIN)
+    return next((j.id for j in jobs if j.suffix == demo.DEMO_SUFFIX), None)
+
+
+def seed_demo(ctx: ServerContext) -> str:
+    """Seed the demo model and LoRA fine-tune into the admin account unless they exist.
+
+    Returns the demo fine-tune's id.
+    """
 
     def exists(session: Session) -> bool:
         try:
@@ -44,8 +53,32 @@ def seed_demo(ctx: ServerContext) -> bool:
             return False
         return True
 
-    if ctx.catalog.call(exists):
-        return False
+    if not ctx.catalog.call(exists):
+        _seed_demo_model(ctx)
+    ft_id = ctx.catalog.call(_demo_fine_tune)
+    if ft_id is not None:
+        return ft_id
+    checkpoints = [
+        CheckpointSpec(
+            step,
+            finetunes.FINAL if step == demo.DEMO_STEPS[-1] else finetunes.INTERMEDIATE,
+            finetunes.ADAPTER,
+            store_files(ctx.store, demo.demo_adapter_files(step)),
+        )
+        for step in demo.DEMO_STEPS
+    ]
+    return register_fine_tune(
+        ctx.catalog,
+        ctx.store,
+        ADMIN,
+        base_model_id=demo.DEMO_MODEL_ID,
+        training_type=finetunes.LORA,
+        checkpoints=checkpoints,
+        suffix=demo.DEMO_SUFFIX,
+    )
+
+
+def _seed_demo_model(ctx: ServerContext) -> None:
     register_model(
         ctx.catalog,
         ctx.store,
@@ -63,10 +96,9 @@ def seed_demo(ctx: ServerContext) -> bool:
             },
         },
     )
-    return True
 
 
-def banner(ctx: ServerContext, key: str | None, base: str) -> str:
+def banner(ctx: ServerContext, key: str | None, base: str, ft_id: str | None) -> str:
     shown_key = key or "<your key>"
     lines = [f"weightport serving on {base}  (data: {ctx.settings.data_dir.resolve()})", ""]
     if key:
@@ -86,6 +118,18 @@ def banner(ctx: ServerContext, key: str | None, base: str) -> str:
         f"    weightport download model {ADMIN}/{demo.DEMO_MODEL_ID} -o ./demo-llama "
         f"--base-url {base} --api-key {shown_key}",
     ]
+    if ft_id:
+        lines += [
+            "",
+            "Together-style (one .tar.zst per checkpoint; merged LoRA computed on the fly):",
+            f"    export TOGETHER_BASE_URL={base} TOGETHER_API_KEY={shown_key} "
+            "TOGETHER_TELEMETRY_DISABLED=1 TOGETHER_DISABLE_VERSION_CHECK=1",
+            f"    together fine-tuning download {ft_id} -o demo-merged.tar.zst",
+            f"    together fine-tuning download {ft_id} -c adapter -o demo-adapter.tar.zst",
+            f"    together fine-tuning download {ft_id}:{demo.DEMO_STEPS[0]} -o demo-step.tar.zst",
+            f"    weightport download finetune {ft_id} -o ./demo-merged --extract "
+            f"--base-url {base} --api-key {shown_key}",
+        ]
     return "\n".join(lines)
 
 
@@ -127,11 +171,10 @@ def serve_command(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     ctx = build_context(settings)
     key = bootstrap_admin(ctx)
-    if settings.seed_demo:
-        seed_demo(ctx)
+    ft_id = seed_demo(ctx) if settings.seed_demo else None
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = settings.public_url or f"http://{host_part}:{settings.port}"
-    click.echo(banner(ctx, key, base), err=True)
+    click.echo(banner(ctx, key, base, ft_id), err=True)
     # The standard asyncio loop keeps sendfile (uvloop loses it: DESIGN.md §4).
     web.run_app(
         create_app(ctx),

@@ -10,7 +10,8 @@ from aiohttp import web
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
-from weightport.server import blobs, fireworks
+from weightport.server import blobs, finetune_admin, fireworks, together
+from weightport.server.archive_builds import ArchiveBuilder
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
@@ -66,11 +67,14 @@ def build_context(settings: Settings) -> ServerContext:
         if settings.signing_keys
         else load_or_create_keyfile(settings.data_dir / "signing-keys")
     )
+    catalog = Catalog.open(settings.effective_database_url)
+    store = open_store(settings)
+    builder = ArchiveBuilder(
+        catalog, store, level=settings.archive_level, threads=settings.archive_threads
+    )
+    builder.recover()
     return ServerContext(
-        settings=settings,
-        catalog=Catalog.open(settings.effective_database_url),
-        store=open_store(settings),
-        signer=UrlSigner(keys),
+        settings=settings, catalog=catalog, store=store, signer=UrlSigner(keys), builder=builder
     )
 
 
@@ -79,8 +83,11 @@ def create_app(ctx: ServerContext) -> web.Application:
     app[CONTEXT] = ctx
     fireworks.add_routes(app)
     blobs.add_routes(app)
+    together.add_routes(app)
+    finetune_admin.add_routes(app)
 
     async def close(_app: web.Application) -> None:
+        ctx.builder.close()
         ctx.catalog.close()
 
     app.on_cleanup.append(close)

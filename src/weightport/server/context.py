@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
+from weightport.server.archive_builds import ArchiveBuilder
+from weightport.server.finetune_archives import PlanCache
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore
 
@@ -19,6 +21,8 @@ class ServerContext:
     catalog: Catalog
     store: BlobStore
     signer: UrlSigner
+    builder: ArchiveBuilder
+    plans: PlanCache = field(default_factory=PlanCache)
 
     def public_base(self, request: web.Request) -> str:
         """The scheme://host[:port] clients use to reach us (configured, else the request's)."""

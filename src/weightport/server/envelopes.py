@@ -20,7 +20,7 @@ class Dialect(Enum):
     TOGETHER = "together"
 
 
-TOGETHER_PREFIXES = ("/v1/fine-tunes", "/v1/finetune", "/v3/", "/v1/whoami", "/api/v1/")
+TOGETHER_PREFIXES = ("/v1/fine-tunes", "/v1/finetune", "/v3/", "/v1/whoami", "/weightport/v1/")
 
 
 def dialect_for(path: str) -> Dialect:

@@ -29,6 +29,9 @@ def upgrade() -> None:
         "archive_builds",
         sa.Column("plan_digest", sa.String(length=64), nullable=False),
         sa.Column("level", sa.Integer(), nullable=False),
+        sa.Column("fine_tune_id", sa.String(length=64), nullable=True),
+        sa.Column("step", sa.Integer(), nullable=True),
+        sa.Column("artifact", sa.String(length=16), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("done_bytes", sa.BigInteger(), nullable=False),
         sa.Column("total_bytes", sa.BigInteger(), nullable=False),
@@ -40,6 +43,10 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("plan_digest", name=op.f("pk_archive_builds")),
     )
+    with op.batch_alter_table("archive_builds", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_archive_builds_fine_tune_id"), ["fine_tune_id"], unique=False
+        )
     op.create_table(
         "api_keys",
         sa.Column("id", sa.String(length=32), nullable=False),

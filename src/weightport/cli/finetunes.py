@@ -1,0 +1,125 @@
+"""``weightport finetunes``: import fine-tune output from local directories; list jobs.
+
+Runs where the catalog and the store are (like ``keys``): it writes blobs directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.orm import Session
+
+from weightport.catalog import finetunes
+from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
+from weightport.cli.options import data_options, open_catalog, settings_from
+from weightport.ingest import directory_files
+from weightport.server.app import open_store
+from weightport.server.together import archive_builds_of
+from weightport.server.together_resources import fine_tune_json
+
+
+def _parse_step_dir(value: str, option: str) -> tuple[int, Path]:
+    step_text, sep, folder = value.partition("=")
+    if not sep or not step_text.isdigit():
+        raise click.BadParameter(f"expected STEP=DIR, got {value!r}", param_hint=option)
+    path = Path(folder)
+    if not path.is_dir():
+        raise click.BadParameter(f"{folder} is not a directory", param_hint=option)
+    return int(step_text), path
+
+
+@click.group("finetunes")
+def finetunes_group() -> None:
+    """Register fine-tunes and inspect them (on the server machine)."""
+
+
+@finetunes_group.command("import")
+@click.option("--base-model", required=True, help="Id of a READY model of the account.")
+@click.option("--account", default="admin", show_default=True)
+@click.option("--full", is_flag=True, help="Checkpoints hold full weights (a Full fine-tune).")
+@click.option(
+    "--checkpoint",
+    "intermediate",
+    multiple=True,
+    metavar="STEP=DIR",
+    help="An intermediate checkpoint: a PEFT adapter dir (or HF model dir with --full).",
+)
+@click.option("--final", required=True, metavar="STEP=DIR", help="The final checkpoint.")
+@click.option("--suffix", default="", help="Suffix of the output model name.")
+@click.option("--output-name", default="", help="model_output_name (default owner/base-…).")
+@data_options
+def import_(
+    base_model: str,
+    account: str,
+    full: bool,
+    intermediate: tuple[str, ...],
+    final: str,
+    suffix: str,
+    output_name: str,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> None:
+    """Import a fine-tune's checkpoints; prints the new ft- id.
+
+    Every adapter is parsed and checked tensor by tensor against the base model first.
+    """
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    catalog = open_catalog(settings)
+    store = open_store(settings)
+    artifact = finetunes.MODEL if full else finetunes.ADAPTER
+    steps = [(*_parse_step_dir(v, "--checkpoint"), finetunes.INTERMEDIATE) for v in intermediate]
+    steps.append((*_parse_step_dir(final, "--final"), finetunes.FINAL))
+    try:
+        specs = [
+            CheckpointSpec(step, kind, artifact, store_files(store, directory_files(folder)))
+            for step, folder, kind in steps
+        ]
+        ft_id = register_fine_tune(
+            catalog,
+            store,
+            account,
+            base_model_id=base_model,
+            training_type=finetunes.FULL if full else finetunes.LORA,
+            checkpoints=specs,
+            model_output_name=output_name,
+            suffix=suffix,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        catalog.close()
+    click.echo(ft_id)
+
+
+@finetunes_group.command("list")
+@click.option("--account", default="admin", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the Together JSON.")
+@data_options
+def list_(account: str, as_json: bool, data_dir: Path | None, database_url: str | None) -> None:
+    """List an account's fine-tunes with their checkpoints and archive builds."""
+    catalog = open_catalog(settings_from(data_dir=data_dir, database_url=database_url))
+
+    def run(session: Session) -> list[dict[str, Any]]:
+        return [
+            fine_tune_json(job, archive_builds_of(session, job.id))
+            for job in finetunes.list_fine_tunes(session, account)
+        ]
+
+    try:
+        jobs = catalog.call(run)
+    finally:
+        catalog.close()
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        kind = job["training_type"]["type"]
+        click.echo(f"{job['id']}\t{job['status']}\t{kind}\t{job['model_output_name']}")
+        for build in job["weightport_archives"]:
+            pct = 100 * build["done_bytes"] // max(build["total_bytes"], 1)
+            click.echo(
+                f"    archive step {build['step']} {build['artifact']}: {build['state']} {pct}%"
+            )

@@ -1,0 +1,138 @@
+"""Compressed archives, built once in the background and cached in the blob store.
+
+A build is keyed by the archive plan's digest, so it is valid for exactly the bytes it was
+made from. Its progress lives in the catalog (visible in the fine-tune JSON and the CLI);
+a build interrupted by a crash is marked failed at the next start and can be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from weightport.archive import ArchivePlan, compress_archive
+from weightport.catalog.db import Catalog
+from weightport.catalog.schema import ArchiveBuild, utcnow
+from weightport.storage.base import BlobStore
+
+log = logging.getLogger("weightport.archives")
+
+PENDING, BUILDING, READY, FAILED = "pending", "building", "ready", "failed"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What a build is of, for progress reports."""
+
+    fine_tune_id: str
+    step: int
+    artifact: str
+
+
+class ArchiveBuilder:
+    """Runs compressed builds one at a time on a worker thread."""
+
+    def __init__(self, catalog: Catalog, store: BlobStore, *, level: int, threads: int) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.level = level
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-build")
+        self._lock = threading.Lock()
+
+    def recover(self) -> int:
+        """Mark builds a crash interrupted as failed; returns how many."""
+
+        def run(session: Session) -> int:
+            stale = session.scalars(
+                select(ArchiveBuild).where(ArchiveBuild.state.in_((PENDING, BUILDING)))
+            ).all()
+            for build in stale:
+                build.state, build.error = FAILED, "interrupted by a server restart"
+            return len(stale)
+
+        return self.catalog.call(run)
+
+    def ready(self, digest: str) -> ArchiveBuild | None:
+        def run(session: Session) -> ArchiveBuild | None:
+            build = session.get(ArchiveBuild, digest)
+            return build if build is not None and build.state == READY else None
+
+        return self.catalog.call(run)
+
+    def submit(self, plan: ArchivePlan, target: BuildTarget) -> bool:
+        """Queue a build unless one exists or runs; True if queued now."""
+
+        def claim(session: Session) -> bool:
+            build = session.get(ArchiveBuild, plan.digest)
+            if build is not None and build.state != FAILED:
+                return False
+            if build is None:
+                build = ArchiveBuild(plan_digest=plan.digest, level=self.level)
+                session.add(build)
+            build.state, build.error, build.level = PENDING, "", self.level
+            build.fine_tune_id, build.step, build.artifact = (
+                target.fine_tune_id,
+                target.step,
+                target.artifact,
+            )
+            build.done_bytes, build.total_bytes = 0, plan.tar_size
+            return True
+
+        with self._lock:
+            if not self.catalog.call(claim):
+                return False
+        self._pool.submit(self._build, plan)
+        return True
+
+    def _update(self, digest: str, **values: object) -> None:
+        def run(session: Session) -> None:
+            build = session.get(ArchiveBuild, digest)
+            if build is not None:
+                for name, value in values.items():
+                    setattr(build, name, value)
+                build.updated_at = utcnow()
+
+        self.catalog.call(run)
+
+    def _build(self, plan: ArchivePlan) -> None:
+        digest = plan.digest
+        self._update(digest, state=BUILDING)
+        upload = self.store.begin_upload()
+        last = 0.0
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= 0.5 or done == total:
+                last = now
+                self._update(digest, done_bytes=done, total_bytes=total)
+
+        try:
+            index = compress_archive(
+                plan, upload, level=self.level, threads=self.threads, progress=progress
+            )
+            info = upload.commit()
+        except Exception as exc:
+            upload.abort()
+            log.exception("archive build %s failed", digest)
+            self._update(digest, state=FAILED, error=str(exc) or type(exc).__name__)
+            return
+        self._update(
+            digest,
+            state=READY,
+            blob_sha256=info.key,
+            size=info.size,
+            index=json.loads(index.to_json()),
+        )
+        log.info("archive %s built: %d -> %d bytes", digest[:12], plan.tar_size, info.size)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

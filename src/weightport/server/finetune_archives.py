@@ -1,0 +1,177 @@
+"""Which archive a Together download asks for, and its plan: a pure function of the catalog.
+
+``checkpoint`` / ``checkpoint_step`` follow the Together reference (§3.1): ``merged`` and
+``adapter`` for LoRA jobs, ``model_output_path`` for the final output (a LoRA job's is its
+merged model), ``default``/``model`` leniently; a step overrides and must exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from weightport.archive import ArchiveMember, ArchivePlan
+from weightport.catalog import finetunes
+from weightport.catalog.schema import Checkpoint, FineTune
+from weightport.errors import FailedPrecondition, InvalidArgument
+from weightport.merge.view import merged_files
+from weightport.storage.base import BlobSource, BlobStore
+
+MERGED, ADAPTER, MODEL = "merged", "adapter", "model"
+CHECKPOINT_VALUES = ("merged", "adapter", "model_output_path", "default", "model")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The artifact to archive: ``merged``, ``adapter`` or ``model``, at one checkpoint."""
+
+    artifact: str
+    checkpoint: Checkpoint
+    top: str
+
+
+def _parse_step(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        step = int(raw)
+    except ValueError:
+        raise InvalidArgument(
+            f"checkpoint_step must be an integer, not {raw!r}", param="checkpoint_step"
+        ) from None
+    if step < 0:
+        raise InvalidArgument("checkpoint_step must not be negative", param="checkpoint_step")
+    return step
+
+
+def _top(job: FineTune, artifact: str, checkpoint: Checkpoint) -> str:
+    name = job.model_output_name.rsplit("/", 1)[-1]
+    if artifact == ADAPTER:
+        name += "-adapter"
+    if checkpoint.kind != finetunes.FINAL:
+        name += f"-step-{checkpoint.step}"
+    return name
+
+
+def select_artifact(job: FineTune, checkpoint: str | None, step_raw: str | None) -> Selection:
+    """Resolve the download parameters against a job, with a clear 400 for every misuse."""
+    if checkpoint is not None and checkpoint not in CHECKPOINT_VALUES:
+        raise InvalidArgument(
+            f"checkpoint must be one of merged, adapter, model_output_path, not {checkpoint!r}",
+            param="checkpoint",
+        )
+    step = _parse_step(step_raw)
+    final = next((c for c in job.checkpoints if c.kind == finetunes.FINAL), None)
+    if step:
+        chosen = next((c for c in job.checkpoints if c.step == step), None)
+        if chosen is None:
+            steps = ", ".join(str(c.step) for c in job.checkpoints) or "none"
+            raise InvalidArgument(
+                f"fine-tune {job.id} has no checkpoint at step {step}; available steps: {steps}",
+                param="checkpoint_step",
+            )
+    elif final is None:
+        raise FailedPrecondition(
+            f"fine-tune {job.id} has no final checkpoint yet (status {job.status}); "
+            "download an intermediate step with checkpoint_step"
+        )
+    else:
+        chosen = final
+    artifacts = {f.artifact for f in chosen.files}
+    lora = job.training_type == finetunes.LORA
+    if lora:
+        if checkpoint == "adapter" or (checkpoint is None and step):
+            artifact = ADAPTER
+        elif finetunes.ADAPTER in artifacts:
+            artifact = MERGED
+        else:
+            artifact = MODEL
+    else:
+        if checkpoint in ("merged", "adapter"):
+            raise InvalidArgument(
+                f"fine-tune {job.id} is a Full fine-tune: it has no {checkpoint} checkpoint; "
+                "use checkpoint=model_output_path",
+                param="checkpoint",
+            )
+        artifact = MODEL
+    wanted = finetunes.MODEL if artifact == MODEL else finetunes.ADAPTER
+    if wanted not in artifacts:
+        raise InvalidArgument(
+            f"the checkpoint at step {chosen.step} of {job.id} holds no {wanted} files",
+            param="checkpoint",
+        )
+    return Selection(artifact, chosen, _top(job, artifact, chosen))
+
+
+def _sources(
+    store: BlobStore, checkpoint_files: Mapping[str, tuple[str, int]]
+) -> dict[str, BlobSource]:
+    return {path: BlobSource(store, sha, size) for path, (sha, size) in checkpoint_files.items()}
+
+
+def _merged_identity(
+    path: str, base: Mapping[str, BlobSource], adapter: Mapping[str, BlobSource]
+) -> str:
+    text = "\0".join(
+        ["merged/1", path]
+        + [f"{p}={s.key}" for p, s in sorted(base.items())]
+        + [f"{p}={s.key}" for p, s in sorted(adapter.items())]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_plan(store: BlobStore, job: FineTune, selection: Selection) -> ArchivePlan:
+    """The archive plan for a selection (reads safetensors headers for merged views)."""
+    files = selection.checkpoint.files
+    if selection.artifact == MERGED:
+        base = _sources(
+            store, {f.path: (f.sha256, f.declared_size) for f in job.base_model.files if f.sha256}
+        )
+        adapter = _sources(
+            store, {f.path: (f.sha256, f.size) for f in files if f.artifact == finetunes.ADAPTER}
+        )
+        members = []
+        for path, source in merged_files(base, adapter).items():
+            identity = (
+                source.key
+                if isinstance(source, BlobSource)
+                else _merged_identity(path, base, adapter)
+            )
+            members.append(ArchiveMember(path, source, identity))
+        return ArchivePlan.build(selection.top, members)
+    kind = finetunes.ADAPTER if selection.artifact == ADAPTER else finetunes.MODEL
+    return ArchivePlan.build(
+        selection.top,
+        [
+            ArchiveMember(f.path, BlobSource(store, f.sha256, f.size), f.sha256)
+            for f in files
+            if f.artifact == kind
+        ],
+    )
+
+
+class PlanCache:
+    """Recent plans by (checkpoint, artifact): the probe, the GET and resumes reuse one plan
+    (and a merged view's warm tensor cache)."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self._plans: OrderedDict[tuple[int, str], ArchivePlan] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, store: BlobStore, job: FineTune, selection: Selection) -> ArchivePlan:
+        key = (selection.checkpoint.pk, selection.artifact)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = build_plan(store, job, selection)
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > self._capacity:
+                self._plans.popitem(last=False)
+        return plan

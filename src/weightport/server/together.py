@@ -1,0 +1,146 @@
+"""The Together fine-tune API: jobs, checkpoints, whoami and the archive download.
+
+Plus weightport's own registration routes under ``/weightport/v1/fine-tunes`` (a training
+pipeline pushes checkpoints that it uploaded as models through the Fireworks flow).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from weightport.archive import stored_archive
+from weightport.catalog import finetunes
+from weightport.catalog.schema import ArchiveBuild, FineTune
+from weightport.errors import InvalidArgument
+from weightport.server.archive_builds import BuildTarget
+from weightport.server.byteserve import Entity, LocalFile, SourceBody, serve_entity
+from weightport.server.context import context_of
+from weightport.server.finetune_archives import Selection, select_artifact
+from weightport.server.requests import authenticated_account
+from weightport.server.together_resources import (
+    checkpoint_entries,
+    fine_tune_json,
+    whoami_json,
+)
+from weightport.storage.base import BlobSource, LocalPaths
+
+ARCHIVE_CONTENT_TYPE = "application/zstd"
+
+
+def ok(body: dict[str, Any]) -> web.Response:
+    return web.Response(text=json.dumps(body), content_type="application/json")
+
+
+def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
+    query = select(ArchiveBuild).where(ArchiveBuild.fine_tune_id == ft_id)
+    return list(session.scalars(query.order_by(ArchiveBuild.step, ArchiveBuild.artifact)))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return ok(whoami_json(await authenticated_account(request)))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    account = await authenticated_account(request)
+    ctx = context_of(request)
+
+    def run(session: Session) -> dict[str, Any]:
+        jobs = finetunes.list_fine_tunes(session, account)
+        return {
+            "object": "list",
+            "data": [fine_tune_json(j, archive_builds_of(session, j.id)) for j in jobs],
+        }
+
+    return ok(await ctx.catalog.run(run))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    account = await authenticated_account(request)
+    ft_id = request.match_info["ft_id"]
+
+    def run(session: Session) -> dict[str, Any]:
+        job = finetunes.get_fine_tune(session, account, ft_id)
+        return fine_tune_json(job, archive_builds_of(session, ft_id))
+
+    return ok(await context_of(request).catalog.run(run))
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    account = await authenticated_account(request)
+    ft_id = request.match_info["ft_id"]
+
+    def run(session: Session) -> dict[str, Any]:
+        job = finetunes.get_fine_tune(session, account, ft_id)
+        rows = [row for c in reversed(job.checkpoints) for row in checkpoint_entries(job, c)]
+        return {"object": "list", "data": rows}
+
+    return ok(await context_of(request).catalog.run(run))
+
+
+async def _resolve(request: web.Request) -> tuple[FineTune, Selection]:
+    account = await authenticated_account(request)
+    ft_id = request.query.get("ft_id", "")
+    if not ft_id:
+        raise InvalidArgument("ft_id is required", param="ft_id")
+    if not ft_id.startswith("ft-"):
+        raise InvalidArgument(f"ft_id must start with 'ft-', got {ft_id!r}", param="ft_id")
+    ctx = context_of(request)
+    job = await ctx.catalog.run(lambda s: finetunes.get_fine_tune(s, account, ft_id))
+    selection = select_artifact(
+        job, request.query.get("checkpoint"), request.query.get("checkpoint_step")
+    )
+    return job, selection
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/finetune/download``: the checkpoint as one deterministic ``.tar.zst``."""
+    ctx = context_of(request)
+    job, selection = await _resolve(request)
+    plan = await asyncio.to_thread(ctx.plans.get, ctx.store, job, selection)
+    filename = f"{selection.top}.tar.zst"
+    encoding = ctx.settings.archive_encoding
+    build = (
+        None if encoding == "stored" else await asyncio.to_thread(ctx.builder.ready, plan.digest)
+    )
+    if build is not None and build.blob_sha256 and build.size is not None:
+        entity = Entity(
+            size=build.size,
+            etag=f"{plan.digest}.zst{build.level}",
+            content_type=ARCHIVE_CONTENT_TYPE,
+            filename=filename,
+        )
+        store = ctx.store
+        body: LocalFile | SourceBody = (
+            LocalFile(store.local_path(build.blob_sha256))
+            if isinstance(store, LocalPaths)
+            else SourceBody(BlobSource(store, build.blob_sha256, build.size))
+        )
+    else:
+        if encoding == "compressed":
+            target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
+            await asyncio.to_thread(ctx.builder.submit, plan, target)
+        stored = stored_archive(plan)
+        entity = Entity(
+            size=stored.size,
+            etag=stored.digest,
+            content_type=ARCHIVE_CONTENT_TYPE,
+            filename=filename,
+        )
+        body = SourceBody(stored)
+    return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/v3/whoami", whoami)
+    router.add_get("/v1/whoami", whoami)
+    router.add_get("/v1/fine-tunes", list_jobs)
+    router.add_get("/v1/fine-tunes/{ft_id}", get_job)
+    router.add_get("/v1/fine-tunes/{ft_id}/checkpoints", list_checkpoints)
+    router.add_get("/v1/finetune/download", download, allow_head=True)
