@@ -1,0 +1,503 @@
+"""Serving one immutable entity over HTTP: GET/HEAD, ranges, conditionals (RFC 9110).
+
+Used by both the signed blob route and the archive route. Two kinds of body:
+
+- :class:`LocalFile` — the bytes are a regular file here: sent zero-copy with
+  ``loop.sendfile`` (``os.sendfile`` on the standard asyncio loop), as aiohttp's
+  ``web.FileResponse`` does; multi-range parts are sent file-range by file-range between
+  the literal boundary bytes. Loops without ``sendfile`` fall back to the chunk pump.
+- :class:`SourceBody` — computed bytes (archives, merged shards): read in 1 MiB chunks by
+  ``ByteSource.readinto`` in a worker thread, one chunk read ahead while the previous one is
+  written, into three reused buffers: memory stays bounded whatever the entity size.
+
+Every response this module returns has already been sent (prepared and finished): a
+middleware cannot turn compression on afterwards, and no ``Content-Encoding`` is ever set.
+Errors found before the first byte (a missing file, a failing first read, a failed
+``If-Match``) are raised as :mod:`weightport.errors` for the envelope renderer; a 416 is
+answered here. Once headers are out, the only honest signal left is to cut the connection
+short — ``Content-Length`` then tells the client the body is incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeAlias
+from urllib.parse import quote
+
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from weightport.errors import (
+    MethodNotAllowed,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    StorageError,
+)
+from weightport.ranges import (
+    ByteRange,
+    Conditional,
+    evaluate_conditions,
+    format_etag,
+    parse_range,
+    unsatisfied_content_range,
+)
+from weightport.storage.base import ByteSource
+
+__all__ = ["CHUNK_SIZE", "Entity", "LocalFile", "SourceBody", "content_disposition", "serve_entity"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes per read when streaming a :class:`SourceBody` (DESIGN §4: ~9 µs per 1 MiB chunk).
+CHUNK_SIZE = 1 << 20
+
+# Headers this module owns: letting a caller set them would break framing or validators.
+_RESERVED = frozenset(
+    name.lower()
+    for name in (
+        hdrs.CONTENT_LENGTH,
+        hdrs.CONTENT_RANGE,
+        hdrs.CONTENT_TYPE,
+        hdrs.CONTENT_ENCODING,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.ETAG,
+        hdrs.ACCEPT_RANGES,
+    )
+)
+# attr-char of RFC 5987 beyond the letters, digits and "_.-~" that quote() keeps anyway.
+_ATTR_CHAR_EXTRA = "!#$&+^`|"
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What is served: its size, strong validator and presentation headers.
+
+    ``etag`` is the bare digest (e.g. sha256 hex); it is quoted on the wire.
+    """
+
+    size: int
+    etag: str
+    content_type: str = "application/octet-stream"
+    filename: str | None = None
+    cache_control: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"negative entity size {self.size}")
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """The entity's bytes are the regular file at ``path`` (sent with ``sendfile``)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class SourceBody:
+    """The entity's bytes come from a :class:`ByteSource` (computed or remote)."""
+
+    source: ByteSource
+
+
+# A body is a sequence of literal bytes (multipart framing) and ranges of the entity.
+_Segment: TypeAlias = bytes | ByteRange
+
+
+@dataclass(frozen=True)
+class _Plan:
+    status: int
+    content_type: str
+    content_range: str | None
+    segments: tuple[_Segment, ...]
+
+    @property
+    def length(self) -> int:
+        return sum(len(s) if isinstance(s, bytes) else s.length for s in self.segments)
+
+
+async def serve_entity(
+    request: web.Request,
+    entity: Entity,
+    body: LocalFile | SourceBody,
+    *,
+    max_ranges: int = 64,
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Answer a GET or HEAD for ``entity``; the returned response has been fully sent.
+
+    200 (whole entity), 206 (one range, or ``multipart/byteranges`` for several), 304
+    (``If-None-Match`` matched), 416 (``Content-Range: bytes */SIZE``). HEAD sends exactly
+    the headers GET would, including a Range answer, and never touches the body.
+
+    Raises :class:`MethodNotAllowed` for other methods, :class:`PreconditionFailed` when
+    ``If-Match`` fails, :class:`StorageError` when a :class:`LocalFile` is missing or has the
+    wrong size, and whatever the first ``readinto`` of a :class:`SourceBody` raises.
+    """
+    method = request.method
+    if method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+        raise MethodNotAllowed(f"{method} is not allowed here; use GET or HEAD")
+    headers = _common_headers(entity, extra_headers)
+
+    condition = evaluate_conditions(
+        method=method,
+        if_match=_joined(request, hdrs.IF_MATCH),
+        if_none_match=_joined(request, hdrs.IF_NONE_MATCH),
+        if_range=_joined(request, hdrs.IF_RANGE),
+        etag=entity.etag,
+    )
+    if condition is Conditional.PRECONDITION_FAILED:
+        raise PreconditionFailed("If-Match does not match the current entity tag")
+    if condition is Conditional.NOT_MODIFIED:
+        return await _send(request, web.StreamResponse(status=304, headers=headers))
+
+    range_header = None
+    if condition is not Conditional.IGNORE_RANGE:
+        # Several Range fields cannot be combined meaningfully: ignore them all.
+        values = request.headers.getall(hdrs.RANGE, [])
+        range_header = values[0] if len(values) == 1 else None
+    try:
+        ranges = parse_range(range_header, entity.size, max_ranges=max_ranges)
+    except RangeNotSatisfiable as exc:
+        return await _not_satisfiable(request, exc)
+    plan = _plan(entity, ranges)
+
+    headers[hdrs.CONTENT_TYPE] = plan.content_type
+    if plan.content_range is not None:
+        headers[hdrs.CONTENT_RANGE] = plan.content_range
+    response = web.StreamResponse(status=plan.status, headers=headers)
+    response.content_length = plan.length
+    if method == hdrs.METH_HEAD or not plan.segments:
+        return await _send(request, response)
+    if isinstance(body, LocalFile):
+        return await _send_local_file(request, response, body.path, entity.size, plan.segments)
+    pump = _ChunkPump(body.source, plan.segments)
+    try:
+        await pump.prime()  # a failing first read still gets a proper error response
+        return await _send(request, response, lambda: pump.run(request, response))
+    finally:
+        pump.abandon()
+
+
+def _joined(request: web.Request, name: str) -> str | None:
+    values = request.headers.getall(name, [])
+    return ", ".join(values) if values else None
+
+
+def _common_headers(entity: Entity, extra: Mapping[str, str] | None) -> CIMultiDict[str]:
+    # A fresh dict per response: nothing shared is ever mutated.
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in (extra or {}).items():
+        if name.lower() in _RESERVED:
+            raise ValueError(f"serve_entity sets {name} itself")
+        headers[name] = value
+    headers[hdrs.ACCEPT_RANGES] = "bytes"
+    headers[hdrs.ETAG] = format_etag(entity.etag)
+    if entity.cache_control is not None:
+        headers[hdrs.CACHE_CONTROL] = entity.cache_control
+    if entity.filename is not None:
+        headers[hdrs.CONTENT_DISPOSITION] = content_disposition(entity.filename)
+    return headers
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and, if needed, ``filename*`` (RFC 6266).
+
+    The fallback replaces what old clients mishandle (non-ASCII, controls, quotes,
+    backslashes, ``%``) with ``_``; ``filename*=UTF-8''...`` carries the exact name.
+    """
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in filename)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += "; filename*=UTF-8''" + quote(filename, safe=_ATTR_CHAR_EXTRA)
+    return value
+
+
+def _plan(entity: Entity, ranges: list[ByteRange] | None) -> _Plan:
+    size = entity.size
+    if ranges is None:
+        whole = (ByteRange(0, size),) if size else ()
+        return _Plan(200, entity.content_type, None, whole)
+    if len(ranges) == 1:
+        (only,) = ranges
+        return _Plan(206, entity.content_type, only.content_range(size), (only,))
+    # RFC 9110 §14.6: parts are "--B CRLF headers CRLF CRLF data", each delimiter preceded
+    # by the CRLF that ends the previous part, and the body closed by "--B--".
+    boundary = secrets.token_hex(16)
+    segments: list[_Segment] = []
+    lead = b""
+    for part in ranges:
+        head = (
+            f"--{boundary}\r\nContent-Type: {entity.content_type}\r\n"
+            f"Content-Range: {part.content_range(size)}\r\n\r\n"
+        )
+        segments += [lead + head.encode("latin-1"), part]
+        lead = b"\r\n"
+    segments.append(f"\r\n--{boundary}--\r\n".encode("latin-1"))
+    return _Plan(206, f"multipart/byteranges; boundary={boundary}", None, tuple(segments))
+
+
+async def _not_satisfiable(request: web.Request, exc: RangeNotSatisfiable) -> web.StreamResponse:
+    text = f"{exc.message}\n".encode()
+    response = web.StreamResponse(
+        status=416,
+        headers={
+            hdrs.CONTENT_RANGE: unsatisfied_content_range(exc.size),
+            hdrs.ACCEPT_RANGES: "bytes",
+            hdrs.CONTENT_TYPE: "text/plain; charset=utf-8",
+        },
+    )
+    response.content_length = len(text)
+    return await _send(request, response, tail=text if request.method == hdrs.METH_GET else b"")
+
+
+async def _send(
+    request: web.Request,
+    response: web.StreamResponse,
+    body: Callable[[], Awaitable[None]] | None = None,
+    *,
+    tail: bytes = b"",
+) -> web.StreamResponse:
+    """Send headers, ``body()`` and ``tail``; absorb what a client that went away causes."""
+    try:
+        await response.prepare(request)
+        if body is not None:
+            await body()
+        await response.write_eof(tail)
+    except ConnectionError:
+        # The client hung up: routine for downloaders that resume, and nothing to tell it.
+        # Raising would make aiohttp log a traceback for it.
+        log.debug("client went away during %s %s", request.method, request.path)
+        response.force_close()
+    except Exception:
+        if not response.prepared:
+            raise
+        # Headers are out, so no error envelope is possible: log it and cut the connection.
+        log.exception("body failed after headers were sent: %s %s", request.method, request.path)
+        response.force_close()  # aiohttp then closes the connection short of Content-Length
+    return response
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def _open_regular(path: Path, size: int) -> IO[bytes]:
+    try:
+        fobj = path.open("rb", buffering=0)
+    except OSError as exc:
+        raise StorageError(f"cannot open stored file {path.name}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fobj.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            raise StorageError(f"stored file {path.name} has {info.st_size} bytes, expected {size}")
+    except BaseException:
+        fobj.close()
+        raise
+    return fobj
+
+
+async def _send_local_file(
+    request: web.Request,
+    response: web.StreamResponse,
+    path: Path,
+    size: int,
+    segments: Sequence[_Segment],
+) -> web.StreamResponse:
+    fobj = await asyncio.to_thread(_open_regular, path, size)
+    pump: _ChunkPump | None = None
+
+    async def body() -> None:
+        nonlocal pump
+        loop = asyncio.get_running_loop()
+        for index, segment in enumerate(segments):
+            if isinstance(segment, bytes):
+                await response.write(segment)
+                continue
+            transport = request.transport
+            # Checked right before use: loop.sendfile raises RuntimeError on a closing one.
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client connection closed")
+            try:
+                await loop.sendfile(transport, fobj, segment.start, segment.length)
+            except NotImplementedError:
+                # A loop without sendfile (uvloop): stream the rest through the pump.
+                pump = _ChunkPump(_FileSource(fobj, size), segments[index:])
+                await pump.run(request, response)
+                return
+
+    try:
+        return await _send(request, response, body)
+    finally:
+        if pump is not None:
+            pump.abandon(then=fobj.close)
+        else:
+            # close(2) of a read-only local file does not block; doing it here keeps the
+            # descriptor's lifetime exactly the request's, even when the task is cancelled.
+            fobj.close()
+
+
+@dataclass(frozen=True)
+class _FileSource:
+    """A :class:`ByteSource` over an open file, for loops that cannot ``sendfile``."""
+
+    fobj: IO[bytes]
+    size: int
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self.fobj.fileno(), [buf[done:]], offset + done)
+            if got == 0:
+                raise StorageError(f"stored file ended at byte {offset + done} of {self.size}")
+            done += got
+
+
+# ----------------------------------------------------------------------------- chunk pump
+
+
+class _BufferRing:
+    """Three reusable chunk buffers, handed out in turn.
+
+    Since Python 3.12 a socket transport keeps a *reference* to data it could not send at
+    once instead of copying it, so a buffer may be refilled only when every byte of it has
+    left the transport: when the transport holds fewer bytes than were written after it.
+    With one chunk being written and one being read, the third buffer almost always passes
+    that test; when it does not, it is replaced rather than overwritten.
+    """
+
+    COUNT = 3
+
+    def __init__(self, chunk: int) -> None:
+        self._chunk = chunk
+        self._buffers: list[bytearray | None] = [None] * self.COUNT
+        # Output position after each buffer's last write; None while it is in use.
+        self._written_at: list[int | None] = [0] * self.COUNT
+        self._turn = 0
+        self.output = 0  # bytes this pump handed to the transport
+
+    def take(self, length: int, transport: asyncio.Transport | None) -> tuple[int, memoryview]:
+        index = self._turn
+        self._turn = (index + 1) % self.COUNT
+        buffer = self._buffers[index]
+        written_at = self._written_at[index]
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        if buffer is None or written_at is None or held > self.output - written_at:
+            buffer = self._buffers[index] = bytearray(self._chunk)
+        self._written_at[index] = None
+        return index, memoryview(buffer)[:length]
+
+    def release(self, index: int) -> None:
+        self._written_at[index] = self.output
+
+
+def _reads(segments: Sequence[_Segment], chunk: int) -> Iterator[bytes | tuple[int, int]]:
+    for segment in segments:
+        if isinstance(segment, bytes):
+            yield segment
+            continue
+        for offset in range(segment.start, segment.end, chunk):
+            yield offset, min(chunk, segment.end - offset)
+
+
+@dataclass
+class _Read:
+    index: int
+    view: memoryview
+    future: asyncio.Future[None]
+
+
+class _ChunkPump:
+    """Writes segments of a :class:`ByteSource`, reading one chunk ahead in a worker thread."""
+
+    def __init__(self, source: ByteSource, segments: Sequence[_Segment]) -> None:
+        self._source = source
+        total = sum(s.length for s in segments if isinstance(s, ByteRange))
+        self._ring = _BufferRing(max(1, min(CHUNK_SIZE, total)))
+        self._items = _reads(segments, CHUNK_SIZE)
+        self._ahead: deque[bytes | _Read] = deque()
+        self._inflight: set[asyncio.Future[None]] = set()
+        self._transport: asyncio.Transport | None = None
+        self._exhausted = False
+
+    def _read_ahead(self) -> None:
+        # Start items until one read is in flight (or none is left); literals are free.
+        while not self._exhausted and (not self._ahead or isinstance(self._ahead[-1], bytes)):
+            item = next(self._items, None)
+            if item is None:
+                self._exhausted = True
+            elif isinstance(item, bytes):
+                self._ahead.append(item)
+            else:
+                offset, length = item
+                index, view = self._ring.take(length, self._transport)
+                future = asyncio.get_running_loop().run_in_executor(
+                    None, self._source.readinto, offset, view
+                )
+                # Retrieve the outcome even if nobody awaits it (client gone, cancelled).
+                future.add_done_callback(_consume)
+                self._inflight.add(future)
+                future.add_done_callback(self._inflight.discard)
+                self._ahead.append(_Read(index, view, future))
+
+    async def prime(self) -> None:
+        """Finish the first read before any header is sent, so its errors can be answered."""
+        self._read_ahead()
+        for item in self._ahead:
+            if isinstance(item, _Read):
+                await asyncio.shield(item.future)
+
+    async def run(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Send every segment through the (prepared) response."""
+        self._transport = request.transport
+        self._read_ahead()
+        while self._ahead:
+            item = self._ahead.popleft()
+            if isinstance(item, bytes):
+                await self._write(response, item)
+            else:
+                # shield: a cancelled handler must not cancel the future while its thread
+                # still reads; abandon() waits for it before a file is closed.
+                await asyncio.shield(item.future)
+                self._read_ahead()  # overlap the next read with this write
+                await self._write(response, item.view)
+                self._ring.release(item.index)
+            self._read_ahead()
+
+    async def _write(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
+        await response.write(data)
+        self._ring.output += len(data)
+
+    def abandon(self, then: Callable[[], object] | None = None) -> None:
+        """Stop; call ``then()`` once no read is in flight any more (closes a file)."""
+        pending = [future for future in self._inflight if not future.done()]
+        self._ahead.clear()
+        self._exhausted = True
+        if then is None:
+            return
+        if not pending:
+            then()
+            return
+        remaining = len(pending)
+
+        def one_done(_: asyncio.Future[None]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                then()
+
+        for future in pending:
+            future.add_done_callback(one_done)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    # Marks the exception as retrieved, so asyncio does not log "never retrieved" for a
+    # read whose result nobody wanted any more.
+    if not future.cancelled():
+        future.exception()
