@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -111,14 +112,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[type[LiveServer]]:
-    """Servers a test may kill and restart; all stopped at the end."""
+def server_factory() -> Iterator[Callable[..., LiveServer]]:
+    """Servers a test may kill and restart (``LiveServer`` arguments); all killed at the end."""
     started: list[LiveServer] = []
 
-    class Factory(LiveServer):
-        def __post_init__(self) -> None:
-            started.append(self)
+    def make(*args: Any, **kwargs: Any) -> LiveServer:
+        server = LiveServer(*args, **kwargs)
+        started.append(server)
+        return server
 
-    yield Factory
+    yield make
     for server in started:
         server.stop(signal.SIGKILL)

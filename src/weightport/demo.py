@@ -72,7 +72,7 @@ def _linear_shapes(config: Mapping[str, int]) -> dict[str, tuple[int, int]]:
 
 
 def _safetensors_bf16(tensors: Mapping[str, np.ndarray]) -> bytes:
-    # safetensors.numpy has no bfloat16 dtype: write uint16 bit patterns, then patch the dtype.
+    # safetensors.numpy has no bfloat16 dtype: write uint16 bit patterns, then relabel them.
     raw = save(dict(tensors), metadata={"format": "pt"})
     header_len = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + header_len])
@@ -80,8 +80,8 @@ def _safetensors_bf16(tensors: Mapping[str, np.ndarray]) -> bytes:
         if name != "__metadata__" and info["dtype"] == "U16":
             info["dtype"] = "BF16"
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (header_len - len(text))
-    return raw[:8] + text + raw[8 + header_len :]
+    text += b" " * (-len(text) % 8)  # offsets are relative to the data, so any length works
+    return len(text).to_bytes(8, "little") + text + raw[8 + header_len :]
 
 
 def _tokenizer() -> dict[str, bytes]:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the test suite and benchmarks call as real peers: zstd and GNU tar (archive
+# checks), curl (Range/resume checks). Installs them when missing and we are root.
+set -euo pipefail
+missing=()
+for tool in zstd curl tar; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+  echo "please install: ${missing[*]} (e.g. sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi

@@ -1,0 +1,35 @@
+"""Reading .tar.zst archives in tests: decompress with python-zstandard, list with tarfile."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import zstandard
+
+
+def archive_files(data: bytes) -> dict[str, bytes]:
+    """Every regular file of a .tar.zst, by its full member name (top folder included)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=reader, mode="r|") as tar:
+        for member in tar:
+            assert not member.name.startswith("/") and ".." not in member.name.split("/")
+            if member.isfile():
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                files[member.name] = extracted.read()
+    return files
+
+
+def strip_top(files: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
+    """(the single top-level folder, files relative to it)."""
+    tops = {name.split("/", 1)[0] for name in files}
+    assert len(tops) == 1, tops
+    top = tops.pop()
+    return top, {name.split("/", 1)[1]: body for name, body in files.items()}
+
+
+def digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
