@@ -65,9 +65,7 @@ def test_sdk_content_adapter_matches_imported_files(client: Together, demo_job: 
     assert digests(files) == digests(demo.demo_adapter_files(30))
 
 
-def test_sdk_streaming_content_of_a_step(
-    client: Together, demo_job: str, tmp_path: Path
-) -> None:
+def test_sdk_streaming_content_of_a_step(client: Together, demo_job: str, tmp_path: Path) -> None:
     target = tmp_path / "step10.tar.zst"
     with client.fine_tuning.with_streaming_response.content(
         ft_id=demo_job, checkpoint_step=10
