@@ -53,14 +53,6 @@ class Settings:
     archive_prebuild: bool = False
     archive_level: int = 3
     archive_threads: int = 2
-    #: Blob store: "local" or "s3".
-    store: str = "local"
-    s3_endpoint: str = ""
-    s3_public_endpoint: str = ""
-    s3_bucket: str = "weightport"
-    s3_region: str = "us-east-1"
-    s3_access_key: str = ""
-    s3_secret_key: str = ""
     #: Signing keys "kid:secret,kid2:secret2"; the first signs, all verify. Empty: a key
     #: generated once and kept in the data directory (one machine only).
     signing_keys: str = ""
@@ -82,8 +74,6 @@ class Settings:
                 "archive_encoding must be stored, compressed or auto, "
                 f"not {self.archive_encoding!r}"
             )
-        if self.store not in {"local", "s3"}:
-            raise InvalidArgument(f"store must be local or s3, not {self.store!r}")
         for name in ("download_url_ttl", "upload_url_ttl", "max_ranges", "archive_threads"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")

@@ -212,9 +212,7 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
             if config_key is None:
                 raise FailedPrecondition("config.json is required for an HF_BASE_MODEL")
             details = await _parse_config(request, config_key)
-            if model.base_model_details is None or not model.base_model_details.get(
-                "modelType"
-            ):
+            if model.base_model_details is None or not model.base_model_details.get("modelType"):
                 merged = {**(model.base_model_details or {}), **details}
                 await ctx.catalog.run(
                     lambda s: registry.update_model(
@@ -247,9 +245,7 @@ async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
     return details
 
 
-async def get_download_endpoint(
-    request: web.Request, account: str, model_id: str
-) -> web.Response:
+async def get_download_endpoint(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     mask = parse_read_mask(request.query.get("readMask"), DOWNLOAD_FIELDS)
     model = await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
