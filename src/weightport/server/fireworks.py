@@ -206,22 +206,27 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
         return model, config.sha256 if config else None
 
     model, config_key = await ctx.catalog.run(check)
+    if model.state == registry.READY:
+        return ok({"warnings": []})
     warnings: list[str] = []
-    if model.state != registry.READY:
-        if model.kind == "HF_BASE_MODEL" and not skip_config:
-            if config_key is None:
-                raise FailedPrecondition("config.json is required for an HF_BASE_MODEL")
+    details: dict[str, Any] = {}
+    if model.kind == "HF_BASE_MODEL":
+        if config_key is not None and not skip_config:
             details = await _parse_config(request, config_key)
-            if model.base_model_details is None or not model.base_model_details.get("modelType"):
-                merged = {**(model.base_model_details or {}), **details}
-                await ctx.catalog.run(
-                    lambda s: registry.update_model(
-                        s, account, model_id, {"baseModelDetails": merged}
-                    )
-                )
-        elif config_key is None and model.kind == "HF_BASE_MODEL":
+        elif config_key is None and not skip_config:
+            raise FailedPrecondition("config.json is required for an HF_BASE_MODEL")
+        elif config_key is None:
             warnings.append("no config.json: architecture was not detected")
-        await ctx.catalog.run(lambda s: registry.mark_ready(s, account, model_id))
+
+    def finish(session: Session) -> None:
+        known = model.base_model_details or {}
+        if details and not known.get("modelType"):
+            registry.update_model(
+                session, account, model_id, {"baseModelDetails": {**known, **details}}
+            )
+        registry.mark_ready(session, account, model_id)
+
+    await ctx.catalog.run(finish)
     return ok({"warnings": warnings})
 
 
