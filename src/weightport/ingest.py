@@ -24,8 +24,7 @@ FileData = bytes | Path
 
 def store_data(store: BlobStore, data: FileData) -> BlobInfo:
     """Write bytes or a local file into the store (deduplicated by sha256)."""
-    upload = store.begin_upload()
-    try:
+    with store.begin_upload() as upload:
         if isinstance(data, Path):
             with data.open("rb") as fh:
                 while chunk := fh.read(CHUNK):
@@ -33,9 +32,6 @@ def store_data(store: BlobStore, data: FileData) -> BlobInfo:
         else:
             upload.write(data)
         return upload.commit()
-    except BaseException:
-        upload.abort()
-        raise
 
 
 def directory_files(root: Path) -> dict[str, Path]:

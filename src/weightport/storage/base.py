@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,17 @@ class BlobUpload(Protocol):
         """Drop everything written; safe to call more than once and after commit."""
         ...
 
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Abort unless committed."""
+        ...
+
 
 class BlobStore(Protocol):
     """The one protocol every blob store implements."""
@@ -62,8 +74,14 @@ class BlobStore(Protocol):
         """The bytes ``[start, end)`` of the blob."""
         ...
 
-    def begin_upload(self) -> BlobUpload:
-        """Start writing a new blob; its key is known only when it is committed."""
+    def begin_upload(
+        self, *, expected_sha256: str | None = None, expected_size: int | None = None
+    ) -> BlobUpload:
+        """Start writing a new blob; its key is known only when it is committed.
+
+        With ``expected_sha256``/``expected_size`` the upload refuses other content with
+        :class:`weightport.errors.InvalidArgument` (a sender's mistake, not a storage fault).
+        """
         ...
 
     def delete(self, key: str) -> None:

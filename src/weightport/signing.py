@@ -1,0 +1,332 @@
+"""HMAC-SHA256 signed URLs, for stores that cannot presign their own (the local store).
+
+A signed URL carries its proof in query parameters named after GCS V4 signed URLs, so
+clients that sniff them (``X-Goog-Expires`` for the lifetime, ``X-Goog-SignedHeaders`` for
+which headers to send) behave as they do against Google Cloud Storage:
+
+=========================  ===================================================
+``X-Goog-Algorithm``       ``WP1-HMAC-SHA256``
+``X-Goog-Credential``      the key id (``kid``) that signed; rotation keeps old kids listed
+``X-Goog-Date``            signing time, ``YYYYMMDDTHHMMSSZ`` (UTC)
+``X-Goog-Expires``         lifetime in seconds from ``X-Goog-Date`` (at most 7 days)
+``X-Goog-SignedHeaders``   ``host`` unless told otherwise (advertised for clients only:
+                           the host is not bound, so replicas behind any name verify)
+``X-Wp-<Name>``            bound parameters, e.g. the declared upload size
+``X-Goog-Signature``       lowercase hex HMAC-SHA256 over the canonical string
+=========================  ===================================================
+
+The canonical string length-prefixes every field (``<len>:<bytes>``), so no choice of path
+or value can make two different requests sign the same bytes. The path is signed exactly
+as given: weightport passes the decoded path (no query string), which is unambiguous
+because file paths are validated (no control characters, no empty segments).
+
+A signature for ``GET`` also admits ``HEAD``; no other method crosses. Every failure raises
+:class:`~weightport.errors.SignatureInvalid`; an authentic URL past its expiry raises the
+subclass :class:`~weightport.errors.SignatureExpired`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from weightport.errors import InvalidArgument, SignatureExpired, SignatureInvalid
+
+ALGORITHM = "WP1-HMAC-SHA256"
+#: Longest lifetime a URL may have, seconds (GCS V4 allows the same).
+MAX_EXPIRES = 7 * 24 * 3600
+#: Shortest secret accepted from configuration, bytes.
+MIN_SECRET_BYTES = 16
+
+Q_ALGORITHM = "X-Goog-Algorithm"
+Q_CREDENTIAL = "X-Goog-Credential"
+Q_DATE = "X-Goog-Date"
+Q_EXPIRES = "X-Goog-Expires"
+Q_SIGNED_HEADERS = "X-Goog-SignedHeaders"
+Q_SIGNATURE = "X-Goog-Signature"
+BOUND_PREFIX = "X-Wp-"
+
+_REQUIRED = (Q_ALGORITHM, Q_CREDENTIAL, Q_DATE, Q_EXPIRES, Q_SIGNED_HEADERS, Q_SIGNATURE)
+_KNOWN_LOWER = {name.lower(): name for name in _REQUIRED}
+_GOOG_PREFIX_LOWER = "x-goog-"
+_BOUND_PREFIX_LOWER = BOUND_PREFIX.lower()
+
+_KID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_METHOD_RE = re.compile(r"[A-Z]{1,16}")
+_BOUND_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_HEADER_LIST_RE = re.compile(r"[a-z0-9-]+(?:;[a-z0-9-]+)*")
+_DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
+_EXPIRES_RE = re.compile(r"[1-9][0-9]{0,9}")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One HMAC key: ``kid`` names it in URLs (so keys can rotate), ``secret`` signs."""
+
+    kid: str
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        if not _KID_RE.fullmatch(self.kid):
+            raise InvalidArgument(
+                f"signing key id {self.kid!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if len(self.secret) < MIN_SECRET_BYTES:
+            raise InvalidArgument(
+                f"signing key {self.kid!r}: secret must be at least {MIN_SECRET_BYTES} bytes"
+            )
+
+    def __repr__(self) -> str:
+        # Keep secrets out of logs and tracebacks.
+        return f"SigningKey(kid={self.kid!r}, secret=<{len(self.secret)} bytes>)"
+
+
+def utc_now() -> int:
+    """The current time as whole seconds since the epoch (what ``sign``/``verify`` take)."""
+    return int(time.time())
+
+
+def parse_signing_keys(spec: str) -> list[SigningKey]:
+    """Parse ``"kid:secret,kid2:secret2"`` (the ``signing_keys`` setting).
+
+    The first key signs new URLs; every listed key verifies. Secrets are taken as UTF-8 text
+    and may contain ``:`` but not ``,``. Raises :class:`InvalidArgument` on an empty spec,
+    a malformed entry, a short secret or a repeated key id.
+    """
+    keys: list[SigningKey] = []
+    for entry in spec.split(","):
+        entry = entry.strip()
+        kid, sep, secret = entry.partition(":")
+        if not entry or not sep:
+            raise InvalidArgument(f"signing keys: expected 'kid:secret', got {entry!r}")
+        keys.append(SigningKey(kid.strip(), secret.strip().encode()))
+    kids = [k.kid for k in keys]
+    if len(set(kids)) != len(kids):
+        raise InvalidArgument("signing keys: a key id is listed twice")
+    return keys
+
+
+def load_or_create_keyfile(path: Path) -> list[SigningKey]:
+    """Load the signing keys kept in ``path``, creating it with one fresh key if absent.
+
+    The file holds the same ``kid:secret[,kid:secret]`` text as the setting and is created
+    with mode 0600. Creation is atomic (written aside, then hard-linked into place), so
+    servers starting together all end up with the same key.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kid = "k" + time.strftime("%Y%m%d", time.gmtime()) + "-" + secrets.token_hex(3)
+        text = f"{kid}:{secrets.token_urlsafe(32)}\n"
+        aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            # If another process won the race, its key stands and ours is dropped.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+        finally:
+            aside.unlink(missing_ok=True)
+    text = path.read_text(encoding="utf-8").strip()
+    try:
+        return parse_signing_keys(text)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"signing key file {path}: {exc}") from exc
+
+
+def _format_date(epoch: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(epoch))
+
+
+def _parse_date(text: str) -> int:
+    match = _DATE_RE.fullmatch(text)
+    if match is None:
+        raise SignatureInvalid(f"signed URL: malformed {Q_DATE}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups())
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:  # month 13, February 30, year 0
+        raise SignatureInvalid(f"signed URL: malformed {Q_DATE}") from None
+    return int(moment.timestamp())
+
+
+def _canonical(
+    method: str,
+    path: str,
+    date: str,
+    expires: str,
+    kid: str,
+    signed_headers: str,
+    bound: Iterable[tuple[str, str]],
+) -> bytes:
+    parts = [ALGORITHM, method, path, date, expires, kid, signed_headers]
+    for name, value in bound:
+        parts.append(name)
+        parts.append(value)
+    out = bytearray()
+    for part in parts:
+        raw = part.encode("utf-8", "surrogatepass")
+        out += b"%d:" % len(raw)
+        out += raw
+    return bytes(out)
+
+
+def _check_method(method: str) -> str:
+    upper = method.upper()
+    if not _METHOD_RE.fullmatch(upper):
+        raise InvalidArgument(f"not an HTTP method: {method!r}")
+    return upper
+
+
+class UrlSigner:
+    """Signs and verifies URLs with a list of keys: the first signs, all verify."""
+
+    def __init__(self, keys: Sequence[SigningKey]) -> None:
+        if not keys:
+            raise InvalidArgument("a UrlSigner needs at least one signing key")
+        by_kid: dict[str, bytes] = {}
+        for key in keys:
+            if key.kid in by_kid:
+                raise InvalidArgument(f"signing key id {key.kid!r} listed twice")
+            by_kid[key.kid] = key.secret
+        self._signing = keys[0]
+        self._secrets = by_kid
+
+    @property
+    def signing_kid(self) -> str:
+        """The key id new URLs are signed with."""
+        return self._signing.kid
+
+    def sign(
+        self,
+        method: str,
+        path: str,
+        *,
+        expires_at: int,
+        now: int,
+        bound: Mapping[str, str] | None = None,
+        signed_headers: Sequence[str] = ("host",),
+    ) -> dict[str, str]:
+        """The query parameters that make ``method path`` valid until ``expires_at``.
+
+        ``path`` is the decoded URL path, without query string. ``bound``
+        values travel as ``X-Wp-<Name>`` parameters and come back from :meth:`verify`.
+        ``signed_headers`` is only what ``X-Goog-SignedHeaders`` advertises to clients
+        (e.g. ``content-type;host;x-goog-content-length-range`` for uploads); it is signed
+        so it cannot be altered, but the headers themselves are not.
+        """
+        method = _check_method(method)
+        lifetime = expires_at - now
+        if not 1 <= lifetime <= MAX_EXPIRES:
+            raise InvalidArgument(
+                f"a signed URL must live between 1 s and {MAX_EXPIRES} s, not {lifetime} s"
+            )
+        headers = ";".join(sorted(h.lower() for h in signed_headers))
+        if not _HEADER_LIST_RE.fullmatch(headers):
+            raise InvalidArgument(f"bad signed header list {list(signed_headers)!r}")
+        items = sorted((bound or {}).items())
+        for name, _ in items:
+            if not _BOUND_NAME_RE.fullmatch(name):
+                raise InvalidArgument(f"bound parameter name {name!r}: use letters, digits, '-'")
+        lower_names = [name.lower() for name, _ in items]
+        if len(set(lower_names)) != len(lower_names):
+            raise InvalidArgument("bound parameter names differ only in case")
+        date = _format_date(now)
+        expires = str(lifetime)
+        kid = self._signing.kid
+        message = _canonical(method, path, date, expires, kid, headers, items)
+        query = {
+            Q_ALGORITHM: ALGORITHM,
+            Q_CREDENTIAL: kid,
+            Q_DATE: date,
+            Q_EXPIRES: expires,
+            Q_SIGNED_HEADERS: headers,
+        }
+        for name, value in items:
+            query[BOUND_PREFIX + name] = value
+        query[Q_SIGNATURE] = hmac.digest(self._signing.secret, message, "sha256").hex()
+        return query
+
+    def verify(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | Iterable[tuple[str, str]],
+        *,
+        now: int,
+    ) -> dict[str, str]:
+        """Check a signed request; return its bound parameters (names without ``X-Wp-``).
+
+        ``query`` is the request's decoded query: a mapping, a multidict (duplicates are
+        seen through its ``items()``) or ``(name, value)`` pairs. Parameters outside the
+        ``X-Goog-``/``X-Wp-`` families are ignored. Raises :class:`SignatureExpired` for an
+        authentic URL past ``X-Goog-Date + X-Goog-Expires`` and :class:`SignatureInvalid`
+        for anything else wrong (missing, repeated or malformed parameters, an unknown key,
+        a signature that does not match the method, path, expiry, key or bound values).
+        """
+        pairs = query.items() if isinstance(query, Mapping) else query
+        fields: dict[str, str] = {}
+        bound: dict[str, tuple[str, str]] = {}
+        for name, value in pairs:
+            lower = name.lower()
+            if lower.startswith(_BOUND_PREFIX_LOWER):
+                short = name[len(BOUND_PREFIX) :]
+                if lower in bound or not _BOUND_NAME_RE.fullmatch(short):
+                    raise SignatureInvalid(f"signed URL: repeated or malformed {name!r}")
+                bound[lower] = (short, value)
+            elif lower.startswith(_GOOG_PREFIX_LOWER):
+                canonical = _KNOWN_LOWER.get(lower)
+                # An exact name only: a second spelling could shadow the signed value.
+                if canonical != name or name in fields:
+                    raise SignatureInvalid(f"signed URL: unexpected or repeated {name!r}")
+                fields[name] = value
+        missing = [n for n in _REQUIRED if n not in fields]
+        if missing:
+            raise SignatureInvalid(f"signed URL: missing {', '.join(missing)}")
+        if fields[Q_ALGORITHM] != ALGORITHM:
+            raise SignatureInvalid(f"signed URL: unsupported {Q_ALGORITHM}")
+        kid = fields[Q_CREDENTIAL]
+        secret = self._secrets.get(kid)
+        if secret is None:
+            raise SignatureInvalid("signed URL: unknown signing key (it may have been retired)")
+        expires = fields[Q_EXPIRES]
+        if not _EXPIRES_RE.fullmatch(expires) or int(expires) > MAX_EXPIRES:
+            raise SignatureInvalid(f"signed URL: malformed {Q_EXPIRES}")
+        date = fields[Q_DATE]
+        signed_at = _parse_date(date)
+        headers = fields[Q_SIGNED_HEADERS]
+        if not _HEADER_LIST_RE.fullmatch(headers):
+            raise SignatureInvalid(f"signed URL: malformed {Q_SIGNED_HEADERS}")
+        signature = fields[Q_SIGNATURE]
+        if not _SIGNATURE_RE.fullmatch(signature):
+            raise SignatureInvalid(f"signed URL: malformed {Q_SIGNATURE}")
+        items = sorted(bound.values())
+        upper = method.upper()
+        candidates = [upper, "GET"] if upper == "HEAD" else [upper]
+        for candidate in candidates:
+            message = _canonical(candidate, path, date, expires, kid, headers, items)
+            expected = hmac.digest(secret, message, "sha256").hex()
+            if hmac.compare_digest(expected, signature):
+                break
+        else:
+            raise SignatureInvalid(
+                "signed URL: signature does not match this request "
+                "(method, path, expiry, key or bound parameters were changed)"
+            )
+        if now > signed_at + int(expires):
+            raise SignatureExpired(
+                f"signed URL expired at {_format_date(signed_at + int(expires))}; "
+                "request a fresh one"
+            )
+        return dict(items)
