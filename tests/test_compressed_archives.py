@@ -71,3 +71,31 @@ def test_build_then_serve_compressed(
             f"/weightport/v1/fine-tunes/{ft_id}/archives", json={"checkpoint": "merged"}
         )
         assert again.status_code == 202 and again.json()["queued"] is False
+
+
+def test_prebuild_at_start_covers_every_checkpoint(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    server = server_factory(
+        tmp_path / "data", extra_env={"WEIGHTPORT_ARCHIVE_PREBUILD": "true"}
+    ).start()
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_key}"}
+    ) as client:
+        ft_id = client.get("/v1/fine-tunes").json()["data"][0]["id"]
+        deadline = time.monotonic() + 120
+        builds: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            builds = client.get(f"/v1/fine-tunes/{ft_id}").json()["weightport_archives"]
+            if len(builds) == 4 and all(b["state"] == "ready" for b in builds):
+                break
+            time.sleep(0.2)
+        assert sorted((b["step"], b["artifact"]) for b in builds) == [
+            (10, "adapter"),
+            (20, "adapter"),
+            (30, "adapter"),
+            (30, "merged"),
+        ]
+        assert all(b["state"] == "ready" for b in builds), builds
+        served = client.get(f"/v1/finetune/download?ft_id={ft_id}&checkpoint_step=20")
+        assert served.headers["etag"].endswith('.zst3"')

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy import select
 
 from weightport.catalog.db import Catalog
+from weightport.catalog.schema import FineTune
 from weightport.config import Settings
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
 from weightport.server import blobs, finetune_admin, fireworks, together
@@ -78,6 +81,15 @@ def build_context(settings: Settings) -> ServerContext:
     )
 
 
+def _prebuild_all(ctx: ServerContext) -> None:
+    jobs = ctx.catalog.call(lambda s: list(s.scalars(select(FineTune))))
+    for job in jobs:
+        try:
+            finetune_admin.queue_prebuilds(ctx, job)
+        except WeightportError as exc:
+            log.warning("cannot prebuild archives of %s: %s", job.id, exc.message)
+
+
 def create_app(ctx: ServerContext) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=1024**2 * 4)
     app[CONTEXT] = ctx
@@ -86,9 +98,15 @@ def create_app(ctx: ServerContext) -> web.Application:
     together.add_routes(app)
     finetune_admin.add_routes(app)
 
+    async def prebuild(_app: web.Application) -> None:
+        # Checkpoints imported while the server was down get their builds now.
+        if ctx.settings.archive_prebuild:
+            await asyncio.to_thread(_prebuild_all, ctx)
+
     async def close(_app: web.Application) -> None:
         ctx.builder.close()
         ctx.catalog.close()
 
+    app.on_startup.append(prebuild)
     app.on_cleanup.append(close)
     return app

@@ -21,6 +21,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import finetunes, registry
+from weightport.catalog.schema import FineTune
 from weightport.checkpoint_import import (
     CheckpointSpec,
     adapter_config,
@@ -31,11 +32,23 @@ from weightport.checkpoint_import import (
 from weightport.errors import InvalidArgument
 from weightport.server.archive_builds import BuildTarget
 from weightport.server.context import ServerContext, context_of
-from weightport.server.finetune_archives import select_artifact
+from weightport.server.finetune_archives import prebuild_selections, select_artifact
 from weightport.server.requests import authenticated_account, json_body
 from weightport.server.together_resources import fine_tune_json
 
 PREFIX = "/weightport/v1/fine-tunes"
+
+
+def queue_prebuilds(ctx: ServerContext, job: FineTune) -> int:
+    """With ``archive_prebuild`` on, queue compressed builds for a job; how many were new."""
+    if not ctx.settings.archive_prebuild or ctx.settings.archive_encoding == "stored":
+        return 0
+    queued = 0
+    for selection in prebuild_selections(job):
+        plan = ctx.plans.get(ctx.store, job, selection)
+        target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
+        queued += ctx.builder.submit(plan, target)
+    return queued
 
 
 def _ok(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -118,7 +131,9 @@ async def add_checkpoint(request: web.Request) -> web.Response:
             )
             return fine_tune_json(finetunes.get_fine_tune(session, account, ft_id))
 
-        return ctx.catalog.call(attach)
+        rendered = ctx.catalog.call(attach)
+        queue_prebuilds(ctx, ctx.catalog.call(lambda s: finetunes.get_fine_tune(s, account, ft_id)))
+        return rendered
 
     return _ok(await asyncio.to_thread(run))
 

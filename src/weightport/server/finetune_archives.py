@@ -175,3 +175,18 @@ class PlanCache:
             while len(self._plans) > self._capacity:
                 self._plans.popitem(last=False)
         return plan
+
+
+def prebuild_selections(job: FineTune) -> list[Selection]:
+    """What ``archive_prebuild`` compresses: each step's own artifact, and for the final LoRA
+    checkpoint both the adapter and the merged model."""
+    chosen: list[Selection] = []
+    for checkpoint in job.checkpoints:
+        step = str(checkpoint.step)
+        if job.training_type == finetunes.LORA:
+            chosen.append(select_artifact(job, "adapter", step))
+            if checkpoint.kind == finetunes.FINAL:
+                chosen.append(select_artifact(job, "merged", step))
+        else:
+            chosen.append(select_artifact(job, "model_output_path", step))
+    return chosen

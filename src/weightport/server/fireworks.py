@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session
 
 from weightport.catalog import registry
 from weightport.catalog.schema import Model
-from weightport.errors import FailedPrecondition, InvalidArgument, MethodNotAllowed, NotFound
+from weightport.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
 from weightport.server.blobs import signed_file_url
 from weightport.server.context import context_of
 from weightport.server.fireworks_resources import (
@@ -168,6 +174,10 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     # enableResumableUpload is accepted and ignored: uploads are single signed PUTs, and an
     # interrupted push resumes per file (landed files are kept when re-declared).
     sizes = registry.parse_sizes(body.get("filenameToSize"))
+    limit = ctx.settings.max_upload_size
+    too_big = sorted(path for path, size in sizes.items() if size > limit)
+    if too_big:
+        raise PayloadTooLarge(f"{too_big[0]!r} is larger than the {limit}-byte upload limit")
     files = await ctx.catalog.run(lambda s: registry.declare_files(s, account, model_id, sizes))
     base = ctx.public_base(request)
     urls = {
