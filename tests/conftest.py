@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from weightport.catalog import accounts
+from weightport import demo
+from weightport.catalog import accounts, finetunes
 from weightport.catalog.db import Catalog
 
 KEY_PATTERN = re.compile(r"wp_[0-9a-f]+_[A-Za-z0-9_-]+")
@@ -109,6 +110,18 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server = LiveServer(tmp_path_factory.mktemp("live") / "data").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_job(live_server: LiveServer) -> str:
+    """The id of the demo LoRA fine-tune seeded into the live server's admin account."""
+    catalog = live_server.catalog()
+    try:
+        jobs = catalog.call(lambda s: finetunes.list_fine_tunes(s, "admin"))
+    finally:
+        catalog.close()
+    (job,) = [j for j in jobs if j.suffix == demo.DEMO_SUFFIX]
+    return job.id
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import LiveServer
-from tests.test_together_clients import CLI, cli_env, demo_job  # noqa: F401  (fixture)
+from tests.test_together_clients import CLI, cli_env
 from weightport import demo
 
 pytestmark = pytest.mark.oracle
@@ -26,7 +26,9 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_merged_archive_loads_and_matches_peft_logits(
-    live_server: LiveServer, demo_job: str, tmp_path: Path  # noqa: F811
+    live_server: LiveServer,
+    demo_job: str,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "merged.tar.zst"
     result = subprocess.run(

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import together
 from together import Together
@@ -18,19 +17,6 @@ from tests.conftest import LiveServer
 from weightport import demo
 
 CLI = shutil.which("together", path=str(Path(os.sys.executable).parent)) or "together"
-
-
-@pytest.fixture(scope="module")
-def demo_job(live_server: LiveServer) -> str:
-    response = httpx.get(
-        f"{live_server.base_url}/v1/fine-tunes",
-        headers={"Authorization": f"Bearer {live_server.admin_key}"},
-    )
-    response.raise_for_status()
-    jobs = [j for j in response.json()["data"] if j["suffix"] == demo.DEMO_SUFFIX]
-    assert len(jobs) == 1
-    job_id: str = jobs[0]["id"]
-    return job_id
 
 
 @pytest.fixture
