@@ -1,29 +1,50 @@
-"""The ``weightport`` command: serve, keys, models, finetunes, download."""
+"""The ``weightport`` command: serve, keys, models, finetunes, download.
+
+Subcommands are imported when used, so ``weightport download`` never loads the server side
+(aiohttp app, Alembic, the merge) it does not need.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from weightport import __version__
-from weightport.cli.finetunes import finetunes_group
-from weightport.cli.keys import keys_group
-from weightport.cli.models import models_group
-from weightport.cli.serve import serve_command
 from weightport.errors import WeightportError
 
+#: command name -> "module:attribute" of its click command.
+COMMANDS = {
+    "serve": "weightport.cli.serve:serve_command",
+    "keys": "weightport.cli.keys:keys_group",
+    "models": "weightport.cli.models:models_group",
+    "finetunes": "weightport.cli.finetunes:finetunes_group",
+    "download": "weightport.cli.download:download_group",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attribute = target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{target} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="weightport")
 def cli() -> None:
     """weightport: a self-hosted registry and download gateway for fine-tuned model weights."""
-
-
-cli.add_command(serve_command)
-cli.add_command(keys_group)
-cli.add_command(models_group)
-cli.add_command(finetunes_group)
 
 
 def main() -> None:

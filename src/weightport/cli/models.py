@@ -10,7 +10,8 @@ from typing import Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from weightport.client.push import ModelPusher, PushError, PushTarget
+from weightport.client.errors import DownloadError
+from weightport.client.push import ModelPusher, PushTarget
 from weightport.ingest import directory_files
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8700"
@@ -104,7 +105,7 @@ def push(
             task = bar.add_task(f"push {model_id}", total=total)
             pusher.upload_files(files, lambda n: bar.advance(task, n))
         warnings = pusher.validate()
-    except PushError as exc:
+    except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -128,7 +129,7 @@ def list_(as_json: bool, base_url: str | None, api_key: str | None, account: str
             token = page.get("nextPageToken", "")
             if not token:
                 break
-    except PushError as exc:
+    except DownloadError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(models, indent=2))

@@ -17,12 +17,17 @@ from urllib.parse import quote
 
 import urllib3
 
+from weightport.client.errors import ApiError, BadRequest, DownloadError, error_from_response
+
+#: google.rpc.Code of "not yet": validateUpload says so while files are still landing.
+FAILED_PRECONDITION = 9
+
 #: Called with the number of bytes just sent, from upload threads.
 Progress = Callable[[int], None]
 
 
-class PushError(Exception):
-    """The server refused a step of the push; the message is the server's."""
+class PushError(DownloadError):
+    """The push cannot go on (e.g. the model is already READY)."""
 
 
 @dataclass(frozen=True)
@@ -47,20 +52,6 @@ def _chunks(fh: BinaryIO, progress: Progress, size: int = 1 << 20) -> Iterator[b
         yield data
 
 
-def _message(response: urllib3.BaseHTTPResponse) -> str:
-    try:
-        body = json.loads(response.data)
-    except (ValueError, UnicodeDecodeError):
-        return f"HTTP {response.status}: {response.data[:200]!r}"
-    if isinstance(body, dict):
-        if isinstance(body.get("message"), str):
-            return f"HTTP {response.status}: {body['message']}"
-        error = body.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return f"HTTP {response.status}: {error['message']}"
-    return f"HTTP {response.status}"
-
-
 class ModelPusher:
     def __init__(self, target: PushTarget, *, parallel: int = 4) -> None:
         self.target = target
@@ -77,7 +68,7 @@ class ModelPusher:
             data = json.dumps(body).encode()
         response = self.http.request(method, url, body=data, headers=headers)
         if response.status >= 400:
-            raise PushError(_message(response))
+            raise error_from_response(response.status, response.data)
         return json.loads(response.data or b"{}")
 
     def ensure_model(self, fields: Mapping[str, Any]) -> str:
@@ -86,8 +77,8 @@ class ModelPusher:
         collection = f"{target.base_url.rstrip('/')}/v1/accounts/{quote(target.account)}/models"
         try:
             self.api("POST", collection, {"modelId": target.model_id, "model": dict(fields)})
-        except PushError as exc:
-            if "HTTP 409" not in str(exc):
+        except ApiError as exc:
+            if exc.status != 409:  # 409: it exists; resume it if still UPLOADING
                 raise
         state = str(self.api("GET", target.model_url()).get("state", ""))
         if state == "READY":
@@ -122,7 +113,8 @@ class ModelPusher:
                     preload_content=True,
                 )
             if response.status != 200:
-                raise PushError(f"{path}: {_message(response)}")
+                error = error_from_response(response.status, response.data, signed_url=True)
+                raise type(error)(f"{path}: {error.message}", status=error.status, code=error.code)
             return size
 
         with ThreadPoolExecutor(self.parallel) as pool:
@@ -133,8 +125,8 @@ class ModelPusher:
         for attempt in range(attempts):
             try:
                 return list(self.api("GET", self.target.model_url("validateUpload"))["warnings"])
-            except PushError as exc:
-                if "FAILED_PRECONDITION" not in str(exc) or attempt == attempts - 1:
+            except BadRequest as exc:
+                if exc.code != FAILED_PRECONDITION or attempt == attempts - 1:
                     raise
                 time.sleep(min(0.2 * 2**attempt, 2.0))
         raise PushError("validateUpload did not succeed")

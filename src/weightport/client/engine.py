@@ -1,0 +1,369 @@
+"""The parallel download engine.
+
+Threads, and why:
+
+- *workers* (``connections`` of them) take parts from one priority queue (file order, then
+  part order, so early files finish first) and stream each part with ``readinto`` into a
+  buffer they reuse, ``os.pwrite``-ing it at its offset in the preallocated partial file;
+- one *finisher* per started file hashes the bytes already on disk in order, while the
+  workers keep downloading (sha256 on the download threads halves throughput, and sha256
+  cannot be fed out of order), then verifies and renames the file;
+- the calling thread watches: progress, periodic checkpoints (fdatasync, then the state
+  file), and Ctrl-C, which stops everyone and leaves a resumable state behind.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from weightport.client.errors import (
+    ConnectionFailed,
+    InsufficientSpace,
+    IntegrityError,
+    RateLimited,
+    RemoteChanged,
+    ServerError,
+    SignedUrlRejected,
+    TransferError,
+)
+from weightport.client.fetch import ActiveResponses, PartFetch, RestartNeeded, fetch_part
+from weightport.client.http import HttpSession, backoff_delay
+from weightport.client.options import DownloadOptions
+from weightport.client.progress import FileProgress, ProgressSink, ProgressSnapshot
+from weightport.client.remote import RemoteFile, RemoteIdentity, probe, safe_target
+from weightport.client.transfer import FileResult, Transfer
+
+_STOP = (1 << 62, 0, 0)
+
+
+class Source(Protocol):
+    """Anything that lists the files of a download; listed again for fresh signed URLs."""
+
+    def list_files(self) -> Sequence[RemoteFile]:
+        """The files, with URLs valid now."""
+        ...
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """Every file (listing order), bytes fetched over the network this run, and wall time."""
+
+    files: tuple[FileResult, ...]
+    downloaded_bytes: int
+    seconds: float
+
+
+def download(
+    source: Source,
+    dest: Path,
+    options: DownloadOptions | None = None,
+    progress: ProgressSink | None = None,
+) -> DownloadResult:
+    """Download every file of ``source`` below ``dest``; resumable, verified, atomic per file.
+
+    Raises a :class:`~weightport.client.errors.DownloadError`; on ``KeyboardInterrupt`` the
+    partial files and their state stay on disk and the next call continues them.
+    """
+    return Downloader(source, dest, options or DownloadOptions(), progress).run()
+
+
+class Downloader:
+    """One run of :func:`download` (see the module docstring for the threads involved)."""
+
+    def __init__(
+        self,
+        source: Source,
+        dest: Path,
+        options: DownloadOptions,
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.source = source
+        self.dest = dest
+        self.options = options.validate()
+        self.progress = progress
+        self.session = HttpSession(connections=options.connections)
+        self.transfers: list[Transfer] = []
+        self.by_index: dict[int, Transfer] = {}
+        self.skipped: dict[int, FileResult] = {}
+        self.queue: queue.PriorityQueue[tuple[int, int, int]] = queue.PriorityQueue()
+        self.stop = threading.Event()
+        self.wakeup = threading.Event()
+        self.failure: BaseException | None = None
+        self.state_lock = threading.Lock()
+        self.refresh_lock = threading.Lock()
+        self.generation = 0
+        self.refreshes = 0
+        self.workers: list[threading.Thread] = []
+        self.finishers: list[threading.Thread] = []
+        self.active = ActiveResponses()
+
+    # -- the calling thread ------------------------------------------------------------
+
+    def run(self) -> DownloadResult:
+        """Prepare, download, verify; raise the first failure (see :func:`download`)."""
+        started = time.monotonic()
+        try:
+            self._prepare()
+            self._start_workers()
+            self._watch()
+        finally:
+            self._shutdown()
+        if self.failure is not None:
+            raise self.failure
+        self._report()
+        results = {t.index: t.result for t in self.transfers if t.result is not None}
+        results.update(self.skipped)
+        files = tuple(results[i] for i in sorted(results))
+        fetched = sum(r.size - r.resumed_bytes for r in files if not r.skipped)
+        return DownloadResult(files, fetched, time.monotonic() - started)
+
+    def _prepare(self) -> None:
+        listing = list(self.source.list_files())
+        seen: set[str] = set()
+        targets = []
+        for remote in listing:
+            if remote.relpath in seen:
+                raise RemoteChanged(f"the listing names {remote.relpath!r} twice")
+            seen.add(remote.relpath)
+            targets.append(safe_target(self.dest, remote.relpath))
+        workers = max(1, min(self.options.connections, len(listing)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="wp-probe") as pool:
+            identities = list(pool.map(self._probe, listing))
+        transfers = [
+            Transfer(i, remote, identity, target, always_sync=self.options.always_sync)
+            for i, (remote, identity, target) in enumerate(
+                zip(listing, identities, targets, strict=True)
+            )
+        ]
+        for t in transfers:
+            existing = t.already_in_place()
+            if existing is not None:
+                self.skipped[t.index] = existing
+            else:
+                self.transfers.append(t)
+        resumes = [t.resumable_state() for t in self.transfers]
+        self._check_space(
+            sum(t.size for t, r in zip(self.transfers, resumes, strict=True) if r is None)
+        )
+        for t, resume in zip(self.transfers, resumes, strict=True):
+            t.open(self.options.part_size, resume)
+            self.by_index[t.index] = t
+
+    def _probe(self, remote: RemoteFile) -> RemoteIdentity:
+        attempt = 0
+        while True:
+            try:
+                return probe(self.session, remote)
+            except (ConnectionFailed, RateLimited, ServerError):
+                attempt += 1
+                if attempt > self.options.retries or self.stop.is_set():
+                    raise
+                self.stop.wait(backoff_delay(attempt))
+
+    def _check_space(self, needed: int) -> None:
+        if not self.options.check_free_space or needed == 0:
+            return
+        self.dest.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.dest).free
+        if needed > free:
+            raise InsufficientSpace(
+                f"{self.dest} has {free / 1e9:.2f} GB free, the download needs "
+                f"{needed / 1e9:.2f} GB more"
+            )
+
+    def _start_workers(self) -> None:
+        pending = 0
+        for t in self.transfers:
+            tasks = [i for i, part in enumerate(t.parts) if t.done[i] < part.size]
+            for i in tasks:
+                self.queue.put((t.index, i, t.epoch))
+            pending += len(tasks)
+            if not tasks:
+                self._start_finisher(t)  # complete on disk already (or empty)
+        for n in range(min(self.options.connections, pending)):
+            thread = threading.Thread(target=self._worker, name=f"wp-worker-{n}")
+            thread.start()
+            self.workers.append(thread)
+
+    def _watch(self) -> None:
+        next_checkpoint = time.monotonic() + self.options.checkpoint_interval
+        while self.failure is None:
+            self._report()
+            if all(t.phase == "done" for t in self.transfers):
+                return
+            self.wakeup.wait(0.1)
+            self.wakeup.clear()
+            if time.monotonic() >= next_checkpoint:
+                for t in self.transfers:
+                    if t.started:
+                        t.checkpoint()
+                next_checkpoint = time.monotonic() + self.options.checkpoint_interval
+
+    def _report(self) -> None:
+        if self.progress is None:
+            return
+        files = []
+        for t in self.transfers:
+            files.append(FileProgress(t.relpath, t.size, t.downloaded(), t.phase))
+        for result in self.skipped.values():
+            files.append(FileProgress(result.relpath, result.size, result.size, "skipped"))
+        resumed = sum(t.resumed_bytes for t in self.transfers)
+        self.progress(ProgressSnapshot(tuple(files), resumed))
+
+    def _shutdown(self) -> None:
+        self.stop.set()
+        self.active.shutdown_all()  # unblock reads now rather than after the read timeout
+        for _ in self.workers:
+            self.queue.put(_STOP)
+        for thread in self.workers:
+            thread.join()
+        with self.state_lock:  # no finisher starts once the workers are gone
+            finishers = list(self.finishers)
+        for thread in finishers:
+            thread.join()
+        try:
+            for t in self.transfers:
+                if t.started and t.phase not in ("done", "failed"):
+                    t.checkpoint()
+        finally:
+            for t in self.transfers:
+                t.close()
+            self.session.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self.state_lock:
+            if self.failure is None:
+                self.failure = exc
+        self.stop.set()
+        self.wakeup.set()
+
+    # -- worker threads ----------------------------------------------------------------
+
+    def _worker(self) -> None:
+        buf = memoryview(bytearray(self.options.buffer_size))
+        while not self.stop.is_set():
+            index, part, epoch = self.queue.get()
+            if (index, part, epoch) == _STOP or self.stop.is_set():
+                return
+            t = self.by_index[index]
+            try:
+                self._start_finisher(t)
+                self._run_part(t, part, epoch, buf)
+            except BaseException as exc:
+                self._fail(exc)
+                return
+
+    def _run_part(self, t: Transfer, part: int, epoch: int, buf: memoryview) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            with t.lock:
+                if t.epoch != epoch:  # a stale task: the file started over meanwhile
+                    return
+                before = t.done[part]
+                if before == t.parts[part].size:
+                    return
+                job = PartFetch(t.remote, t.identity, t.parts[part], before, t.fd, epoch)
+            generation = self.generation
+            try:
+                # Returns early, without error, if the server sent less than asked: loop on.
+                fetch_part(self.session, job, buf, t.record, self.stop, self.active)
+            except RestartNeeded as exc:
+                self._restart(t, epoch, exc)
+                return
+            except SignedUrlRejected as exc:
+                self._refresh_urls(generation, exc)
+            except (ConnectionFailed, RateLimited, ServerError) as exc:
+                with t.lock:
+                    progressed = t.epoch == epoch and t.done[part] > before
+                attempt = 1 if progressed else attempt + 1
+                if attempt > self.options.retries:
+                    raise TransferError(
+                        f"{t.relpath}: {exc} (gave up after {self.options.retries} retries)"
+                    ) from exc
+                self.stop.wait(backoff_delay(attempt))
+
+    def _refresh_urls(self, generation: int, exc: SignedUrlRejected) -> None:
+        with self.refresh_lock:
+            if generation != self.generation:
+                return  # another worker already fetched fresh URLs
+            if self.refreshes >= self.options.url_refreshes:
+                raise SignedUrlRejected(
+                    f"{exc.message} (still refused after {self.refreshes} fresh URLs)",
+                    status=exc.status,
+                    code=exc.code,
+                )
+            self.refreshes += 1
+            self._apply_listing(self.source.list_files())
+            self.generation += 1
+
+    def _apply_listing(self, listing: Sequence[RemoteFile]) -> dict[str, RemoteFile]:
+        by_path = {remote.relpath: remote for remote in listing}
+        for t in self.transfers:
+            fresh = by_path.get(t.relpath)
+            if fresh is None:
+                raise RemoteChanged(f"{t.relpath} is no longer part of the download")
+            t.update_remote(fresh)
+        return by_path
+
+    def _restart(self, t: Transfer, epoch: int, reason: RestartNeeded) -> None:
+        with t.io_lock:
+            if t.epoch != epoch:
+                return
+            if t.restarts >= self.options.restarts:
+                raise RemoteChanged(
+                    f"{t.relpath}: {reason} (gave up after {t.restarts} fresh starts)"
+                )
+            t.restarts += 1
+            with self.refresh_lock:
+                remote = self._apply_listing(self.source.list_files())[t.relpath]
+                self.generation += 1
+            identity = self._probe(remote)
+            if reason.no_ranges:
+                identity = replace(identity, ranges=False)
+            t.restart(remote, identity, self.options.part_size)
+            for i in range(len(t.parts)):
+                self.queue.put((t.index, i, t.epoch))
+
+    # -- finisher threads --------------------------------------------------------------
+
+    def _start_finisher(self, t: Transfer) -> None:
+        with self.state_lock:
+            if t.started:
+                return
+            t.started = True
+            t.phase = "downloading"
+            thread = threading.Thread(target=self._finish, args=(t,), name=f"wp-finish-{t.index}")
+            thread.start()
+            self.finishers.append(thread)
+
+    def _finish(self, t: Transfer) -> None:
+        try:
+            while not self.stop.is_set():
+                epoch = t.epoch
+                digest = None
+                if t.expected_sha256:
+                    follow = self.options.hash_while_downloading
+                    digest = t.hash_in_order(epoch, self.stop, follow=follow)
+                if not t.wait_complete(epoch, self.stop):
+                    continue
+                t.phase = "verifying"
+                try:
+                    if t.finalize(epoch, digest):
+                        self.wakeup.set()
+                        return
+                except IntegrityError:
+                    if not t.resumed_bytes:
+                        raise
+                    # Bytes an earlier run recorded were lost (an OS crash before writeback,
+                    # see weightport.client.state): start this file over once, quietly.
+                    self._restart(t, epoch, RestartNeeded("resumed bytes failed verification"))
+        except BaseException as exc:
+            self._fail(exc)

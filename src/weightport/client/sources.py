@@ -1,0 +1,246 @@
+"""Where downloads come from: a Fireworks model's signed URLs, a Together fine-tune archive.
+
+Both speak to the public API shapes (``reference/``), so they work against weightport and
+against the original services. Credentials resolve as: explicit argument, then
+``WEIGHTPORT_*``, then the service's own variables (``FIREWORKS_*`` / ``TOGETHER_*``), then
+the service's public default base URL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from weightport.client.errors import ConfigurationError, ServerError
+from weightport.client.http import HttpSession
+from weightport.client.remote import RemoteFile, normalize_sha256, probe
+
+Service = Literal["fireworks", "together"]
+
+_DEFAULT_BASE = {"fireworks": "https://api.fireworks.ai", "together": "https://api.together.ai"}
+_ENV_PREFIX = {"fireworks": "FIREWORKS_", "together": "TOGETHER_"}
+# RFC 3986 segment characters the official Fireworks client leaves unescaped (reference §2.2).
+_SEGMENT_SAFE = ":@!$&'()*+,;="
+_CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Base URL (no trailing slash) and API key of one service."""
+
+    base_url: str
+    api_key: str
+
+    @property
+    def auth(self) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.api_key}"),)
+
+
+def resolve_api(
+    service: Service,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ApiConfig:
+    """Resolve base URL and key: argument > ``WEIGHTPORT_*`` > service variables > default."""
+    env = os.environ if environ is None else environ
+    prefix = _ENV_PREFIX[service]
+    base = (
+        base_url
+        or env.get("WEIGHTPORT_BASE_URL")
+        or env.get(f"{prefix}BASE_URL")
+        or _DEFAULT_BASE[service]
+    )
+    key = api_key or env.get("WEIGHTPORT_API_KEY") or env.get(f"{prefix}API_KEY")
+    if not key:
+        raise ConfigurationError(
+            f"no API key: pass --api-key or set WEIGHTPORT_API_KEY or {prefix}API_KEY"
+        )
+    if not re.match(r"^https?://[^/]+", base):
+        raise ConfigurationError(f"base URL must start with http:// or https://, not {base!r}")
+    return ApiConfig(base.rstrip("/"), key)
+
+
+def parse_model_name(name: str, account: str | None) -> tuple[str, str]:
+    """``ACCOUNT/MODEL``, ``accounts/A/models/M`` or ``MODEL`` with ``account`` → (A, M)."""
+    parts = name.strip("/").split("/")
+    if len(parts) == 4 and parts[0] == "accounts" and parts[2] == "models":
+        found = (parts[1], parts[3])
+    elif len(parts) == 2:
+        found = (parts[0], parts[1])
+    elif len(parts) == 1 and account:
+        found = (account, parts[0])
+    else:
+        raise ConfigurationError(
+            f"cannot read model {name!r}: use ACCOUNT/MODEL, accounts/A/models/M, "
+            "or MODEL with --account"
+        )
+    if account and found[0] != account:
+        raise ConfigurationError(f"model {name!r} is not in account {account!r}")
+    if not all(found) or any(p in (".", "..") for p in found):
+        raise ConfigurationError(f"cannot read model {name!r}")
+    return found
+
+
+class FireworksModel:
+    """All files of ``accounts/{account}/models/{model}`` through ``:getDownloadEndpoint``.
+
+    Sizes and sha256 digests are used when the server lists them (weightport does; the
+    public Fireworks API sends only the signed URLs).
+    """
+
+    def __init__(self, session: HttpSession, api: ApiConfig, account: str, model: str) -> None:
+        self.session = session
+        self.api = api
+        self.account = account
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return f"accounts/{self.account}/models/{self.model}"
+
+    @property
+    def endpoint(self) -> str:
+        account = quote(self.account, safe=_SEGMENT_SAFE)
+        model = quote(self.model, safe=_SEGMENT_SAFE)
+        return f"{self.api.base_url}/v1/accounts/{account}/models/{model}:getDownloadEndpoint"
+
+    def list_files(self) -> Sequence[RemoteFile]:
+        """The model's files with freshly signed URLs, sorted by path."""
+        doc = self.session.get_json(self.endpoint, dict(self.api.auth))
+        urls = doc.get("filenameToSignedUrls") if isinstance(doc, dict) else None
+        if not isinstance(urls, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in urls.items()
+        ):
+            raise ServerError(f"{self.name}: the answer has no filenameToSignedUrls", status=200)
+        sizes = _mapping(doc.get("filenameToSize"))
+        digests = _mapping(doc.get("filenameToSha256"))
+        return [
+            RemoteFile(
+                relpath=path,
+                url=url,
+                signed=True,
+                size=_size(sizes.get(path)),
+                sha256=normalize_sha256(digests.get(path)),
+            )
+            for path, url in sorted(urls.items())
+        ]
+
+
+@dataclass(frozen=True)
+class FineTuneRef:
+    """``FT_ID[:STEP]`` as the Together CLI takes it."""
+
+    ft_id: str
+    step: int | None
+
+    @classmethod
+    def parse(cls, text: str) -> FineTuneRef:
+        ft_id, sep, step = text.partition(":")
+        if not ft_id:
+            raise ConfigurationError(f"cannot read fine-tune id {text!r}")
+        if not sep:
+            return cls(ft_id, None)
+        if not step.isdigit():
+            raise ConfigurationError(f"the step in {text!r} must be a whole number")
+        return cls(ft_id, int(step))
+
+
+class TogetherCheckpoint:
+    """One archive (``.tar.zst``) of a fine-tune: merged model, adapter, output or a step."""
+
+    def __init__(
+        self,
+        session: HttpSession,
+        api: ApiConfig,
+        ref: FineTuneRef,
+        checkpoint: str | None = None,
+    ) -> None:
+        if checkpoint is not None and checkpoint not in _CHECKPOINTS:
+            raise ConfigurationError(f"checkpoint must be one of {', '.join(_CHECKPOINTS)}")
+        self.session = session
+        self.api = api
+        self.ref = ref
+        self.checkpoint = checkpoint
+        self.filename = ""
+
+    def job(self) -> dict[str, Any]:
+        """``GET /v1/fine-tunes/{id}``: the job as the server describes it."""
+        doc = self.session.get_json(
+            f"{self.api.base_url}/v1/fine-tunes/{quote(self.ref.ft_id, safe='')}",
+            dict(self.api.auth),
+        )
+        if not isinstance(doc, dict):
+            raise ServerError(f"{self.ref.ft_id}: the job is not a JSON object", status=200)
+        return doc
+
+    def resolve(self) -> TogetherCheckpoint:
+        """Pick the default checkpoint from the job's training type and learn the file name.
+
+        LoRA jobs default to ``merged``, full fine-tunes to ``model_output_path`` (as the
+        Together CLI does). The name comes from the server's ``Content-Disposition``, else
+        from ``model_output_name``.
+        """
+        job = self.job()
+        if self.checkpoint is None:
+            training = job.get("training_type")
+            kind = training.get("type") if isinstance(training, dict) else None
+            if not isinstance(kind, str):
+                self.checkpoint = "default"
+            else:
+                self.checkpoint = "merged" if kind.lower() == "lora" else "model_output_path"
+        remote = RemoteFile("archive", self.url, headers=self.api.auth)
+        served = probe(self.session, remote).filename
+        self.filename = _safe_filename(served) or self._fallback_name(job)
+        return self
+
+    @property
+    def url(self) -> str:
+        query: dict[str, str] = {"ft_id": self.ref.ft_id, "checkpoint": self.checkpoint or ""}
+        if self.ref.step is not None:
+            query["checkpoint_step"] = str(self.ref.step)
+        return f"{self.api.base_url}/v1/finetune/download?{urlencode(query)}"
+
+    def _fallback_name(self, job: Mapping[str, Any]) -> str:
+        stem = job.get("model_output_name")
+        if not isinstance(stem, str) or not stem:
+            stem = self.ref.ft_id
+        # The legacy Together client's normalisation: lower case, "/" -> "--", "_" -> "-".
+        stem = stem.lower().replace("/", "--").replace("_", "-")
+        if self.ref.step is not None:
+            stem += f"-step-{self.ref.step}"
+        return _safe_filename(f"{stem}.tar.zst") or "checkpoint.tar.zst"
+
+    def list_files(self) -> Sequence[RemoteFile]:
+        """The one archive, fetched with the API key (the URL is not pre-signed)."""
+        if not self.filename:
+            self.resolve()
+        return [RemoteFile(self.filename, self.url, headers=self.api.auth)]
+
+
+def _safe_filename(name: str | None) -> str | None:
+    """A plain file name (no directories, no hidden or odd names), or ``None``."""
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if not name or name in (".", "..") or name.startswith(".") or "\x00" in name:
+        return None
+    return name
+
+
+def _mapping(value: object) -> dict[str, object]:
+    return {k: v for k, v in value.items() if isinstance(k, str)} if isinstance(value, dict) else {}
+
+
+def _size(value: object) -> int | None:
+    # int64 travels as a decimal string in proto3 JSON; accept both spellings.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

@@ -1,0 +1,339 @@
+"""One file's download on disk: the preallocated partial, its parts, resume and the final rename.
+
+A :class:`Transfer` is shared by the worker threads that fetch its parts and the thread that
+hashes and finishes it. Its ``lock`` guards the progress counters; ``io_lock`` serialises the
+slow whole-file steps (checkpoint, restart, finalise) against each other. A restart (the
+server's bytes changed, or it stopped honouring ``Range``) moves to a new *epoch*: a fresh
+partial file with a new inode, so a worker still writing for the old epoch only touches an
+unlinked file, and its progress is refused by :meth:`Transfer.record`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightport.client.errors import InsufficientSpace, IntegrityError
+from weightport.client.remote import RemoteFile, RemoteIdentity
+from weightport.client.state import (
+    Part,
+    ResumeState,
+    load_state,
+    partial_path,
+    plan_parts,
+    remove_quietly,
+    save_state,
+    state_path,
+)
+
+HASH_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """How one file ended up: where, how big, and how it was verified.
+
+    ``verified`` is ``"sha256"`` when a digest was offered and matched, ``"size+etag"`` when
+    only the size and a stable strong ETag could be checked, ``"size"`` when not even an
+    ETag was sent. ``resumed_bytes`` came from an earlier run's partial file.
+    """
+
+    relpath: str
+    path: Path
+    size: int
+    sha256: str | None
+    verified: str
+    resumed_bytes: int = 0
+    skipped: bool = False
+
+
+class Transfer:
+    """The download of one :class:`RemoteFile` into its partial file (see module docstring)."""
+
+    def __init__(
+        self,
+        index: int,
+        remote: RemoteFile,
+        identity: RemoteIdentity,
+        target: Path,
+        *,
+        always_sync: bool = False,
+    ) -> None:
+        self.index = index
+        self.remote = remote
+        self.identity = identity
+        self.target = target
+        self.partial = partial_path(target)
+        self.state_file = state_path(target)
+        self.expected_sha256 = remote.sha256 or identity.sha256
+        self.always_sync = always_sync
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.io_lock = threading.Lock()
+        self.epoch = 0
+        self.fd = -1
+        self.retired_fds: list[int] = []
+        self.parts: tuple[Part, ...] = ()
+        self.done: list[int] = []
+        self.resumed_bytes = 0
+        self.restarts = 0
+        self.started = False
+        self.phase = "queued"
+        self.result: FileResult | None = None
+
+    @property
+    def relpath(self) -> str:
+        return self.remote.relpath
+
+    @property
+    def size(self) -> int:
+        return self.identity.size
+
+    @property
+    def needs_sync(self) -> bool:
+        """Whether bytes must reach the disk before they are recorded or renamed.
+
+        Only when no sha256 will re-check them (see :mod:`weightport.client.state`).
+        """
+        return self.always_sync or self.expected_sha256 is None
+
+    def resumable_state(self) -> ResumeState | None:
+        """The state of an earlier run whose partial file this run can continue, if any."""
+        state = load_state(self.state_file)
+        if (
+            state is not None
+            and self.identity.ranges
+            and state.matches(size=self.size, etag=self.identity.etag, sha256=self.expected_sha256)
+            and _file_size(self.partial) == self.size
+        ):
+            return state
+        return None
+
+    def open(self, part_size: int, resume: ResumeState | None) -> None:
+        """Open the partial file: continue ``resume`` (from :meth:`resumable_state`) or start."""
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        if resume is not None:
+            self.fd = os.open(self.partial, os.O_RDWR)
+            self.parts = plan_parts(self.size, resume.part_size)
+            self.done = list(resume.done)
+            self.resumed_bytes = sum(self.done)
+            return
+        self._create(part_size)
+
+    def _create(self, part_size: int) -> None:
+        remove_quietly(self.state_file, self.partial)
+        self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        preallocate(self.fd, self.size, self.relpath)
+        # Without Range support the file can only be fetched as one stream.
+        self.parts = plan_parts(self.size, part_size if self.identity.ranges else max(1, self.size))
+        self.done = [0] * len(self.parts)
+        self.resumed_bytes = 0
+
+    def restart(self, remote: RemoteFile, identity: RemoteIdentity, part_size: int) -> None:
+        """Start over in a new epoch on a new partial file (caller holds ``io_lock``)."""
+        with self.lock:
+            self.epoch += 1
+            self.retired_fds.append(self.fd)
+            self.remote = remote
+            self.identity = identity
+            self.expected_sha256 = remote.sha256 or identity.sha256
+            self._create(part_size)
+            self.phase = "downloading"
+            self.changed.notify_all()
+
+    def update_remote(self, remote: RemoteFile) -> None:
+        """Use a freshly signed URL for the parts still to fetch."""
+        with self.lock:
+            self.remote = remote
+
+    def record(self, part: int, epoch: int, nbytes: int) -> bool:
+        """Count ``nbytes`` written for ``part``; ``False`` if the epoch is over (stop)."""
+        with self.lock:
+            if epoch != self.epoch:
+                return False
+            self.done[part] += nbytes
+            self.changed.notify_all()
+            return True
+
+    def downloaded(self) -> int:
+        """Bytes on disk in the current partial file."""
+        with self.lock:
+            return sum(self.done)
+
+    def complete(self) -> bool:
+        """Whether every part is on disk (caller holds ``lock``)."""
+        return all(n == p.size for n, p in zip(self.done, self.parts, strict=True))
+
+    def frontier(self) -> int:
+        """Length of the prefix that is entirely on disk (caller holds ``lock``)."""
+        for n, part in zip(self.done, self.parts, strict=True):
+            if n < part.size:
+                return part.start + n
+        return self.size
+
+    def wait_complete(self, epoch: int, stop: threading.Event) -> bool:
+        """Block until every part is on disk; ``False`` if stopped or the epoch ended."""
+        with self.lock:
+            while not self.complete():
+                if stop.is_set() or self.epoch != epoch:
+                    return False
+                self.changed.wait(0.5)
+            return self.epoch == epoch
+
+    def hash_in_order(self, epoch: int, stop: threading.Event, *, follow: bool) -> str | None:
+        """sha256 of the partial file, read back from disk in order.
+
+        With ``follow`` it hashes the prefix already on disk while the parts still arrive
+        (sha256 must see bytes in order; re-reading them from the page cache costs less than
+        holding out-of-order parts in memory); without, it waits for the whole file. ``None``
+        if stopped or the epoch ended.
+        """
+        digest = hashlib.sha256()
+        buf = memoryview(bytearray(HASH_CHUNK))
+        pos = 0
+        while pos < self.size:
+            with self.lock:
+                while True:
+                    if stop.is_set() or self.epoch != epoch:
+                        return None
+                    complete = self.complete()
+                    limit = self.frontier() if follow or complete else pos
+                    # Wake for whole chunks only: a wakeup per 1 MiB written costs more
+                    # in lock traffic and context switches than the hashing saves.
+                    if limit - pos >= HASH_CHUNK or (complete and limit > pos):
+                        break
+                    self.changed.wait(0.5)
+                fd = self.fd
+            while pos < limit:
+                n = os.preadv(fd, [buf[: min(len(buf), limit - pos)]], pos)
+                if n <= 0:
+                    raise OSError(f"{self.partial}: unexpected end of file at {pos}")
+                digest.update(buf[:n])
+                pos += n
+        return digest.hexdigest()
+
+    def already_in_place(self) -> FileResult | None:
+        """The result for a target already on disk with the offered sha256, else ``None``.
+
+        Without a digest nothing proves an existing file is the right one (same-size
+        retrains are common), so it is downloaded again.
+        """
+        expected = self.expected_sha256
+        if expected is None or self.state_file.exists():
+            return None
+        try:
+            if self.target.stat().st_size != self.size:
+                return None
+            with self.target.open("rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
+        except FileNotFoundError:
+            return None
+        if actual != expected:
+            return None
+        return FileResult(self.relpath, self.target, self.size, expected, "sha256", skipped=True)
+
+    def checkpoint(self) -> None:
+        """Make the bytes done durable, then record them in the state file."""
+        with self.io_lock:
+            if self.fd < 0 or self.phase in ("done", "failed"):
+                return
+            with self.lock:
+                state = ResumeState(
+                    size=self.size,
+                    etag=self.identity.etag,
+                    sha256=self.expected_sha256,
+                    part_size=self.parts[0].size if self.parts else 1,
+                    done=tuple(self.done),
+                )
+                fd = self.fd
+            if not self.identity.ranges or (state.etag is None and state.sha256 is None):
+                return  # such a partial can never be resumed; no point in a state file
+            if self.needs_sync:
+                os.fdatasync(fd)
+            save_state(self.state_file, state)
+
+    def finalize(self, epoch: int, actual_sha256: str | None) -> bool:
+        """Verify and move the partial file onto the target; ``False`` if the epoch is over.
+
+        On a mismatch the partial and its state are deleted (a retry starts clean) and
+        :class:`IntegrityError` names the file.
+        """
+        with self.io_lock:
+            with self.lock:
+                if epoch != self.epoch or not self.complete():
+                    return False
+                fd = self.fd
+            size = os.fstat(fd).st_size
+            expected = self.expected_sha256
+            mismatch: tuple[str, str] | None = None
+            if size != self.size:
+                mismatch = (f"{self.size} bytes", f"{size} bytes")
+            elif expected is not None and actual_sha256 != expected:
+                mismatch = (f"sha256 {expected}", f"sha256 {actual_sha256}")
+            if mismatch is not None:
+                self._discard()
+                raise IntegrityError(self.relpath, expected=mismatch[0], actual=mismatch[1])
+            if self.needs_sync:
+                os.fdatasync(fd)
+            self._close_current()
+            os.replace(self.partial, self.target)
+            remove_quietly(self.state_file)
+            if expected is not None:
+                verified = "sha256"
+            else:
+                verified = "size+etag" if self.identity.etag else "size"
+            self.result = FileResult(
+                relpath=self.relpath,
+                path=self.target,
+                size=self.size,
+                sha256=actual_sha256,
+                verified=verified,
+                resumed_bytes=self.resumed_bytes,
+            )
+            self.phase = "done"
+            return True
+
+    def _discard(self) -> None:
+        self.phase = "failed"
+        self._close_current()
+        remove_quietly(self.partial, self.state_file)
+
+    def _close_current(self) -> None:
+        # Retired descriptors stay open until close(): a stale worker may still hold one,
+        # and a reused descriptor number would send its bytes into an unrelated file.
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+
+    def close(self) -> None:
+        """Close the partial file and every retired one (only once no worker runs)."""
+        for fd in [self.fd, *self.retired_fds]:
+            if fd >= 0:
+                os.close(fd)
+        self.fd = -1
+        self.retired_fds.clear()
+
+
+def preallocate(fd: int, size: int, relpath: str) -> None:
+    """Reserve ``size`` bytes for ``fd``: fallocate, or a sparse ``ftruncate`` if unsupported."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise InsufficientSpace(f"no space left for {relpath} ({size} bytes)") from exc
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None

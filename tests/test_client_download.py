@@ -1,0 +1,681 @@
+"""The downloader against a real HTTP server on 127.0.0.1 (aiohttp in a thread).
+
+The server mimics the two APIs (Fireworks signed URLs, Together archive download) and has
+switches for the failures a downloader must survive: Range ignored, a corrupted byte,
+signed URLs that expire, connections dropped mid-body, 503s, a file replaced mid-download,
+and throttling (so a subprocess can be killed half-way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from weightport.cli.download import download_group
+from weightport.client import (
+    DownloadOptions,
+    FineTuneRef,
+    FireworksModel,
+    HttpSession,
+    InsufficientSpace,
+    IntegrityError,
+    NotFound,
+    ProgressSink,
+    ProgressSnapshot,
+    RemoteFile,
+    SignedUrlRejected,
+    TogetherCheckpoint,
+    UnsafePath,
+    download,
+    resolve_api,
+)
+from weightport.client.sources import ApiConfig
+
+KEY = "wp_test_key"
+ACCOUNT = "acct1"
+MODEL = "tiny-model"
+KiB = 1024
+
+
+@dataclass
+class Switches:
+    """Failure modes of the fake server; tests flip them between (or during) runs."""
+
+    ignore_range: bool = False
+    corrupt: dict[str, int] = field(default_factory=dict)  # relpath -> offset of a bad byte
+    expire_after: int | None = None  # part requests (not probes) one listing's URLs serve
+    drop_after: int | None = None  # close the connection after this many body bytes ...
+    drops_left: int = 0  # ... this many times
+    fail_503: int = 0  # answer this many file requests with 503
+    throttle: float | None = None  # seconds to sleep per 16 KiB written
+    replace_after: int | None = None  # after this many file requests, replace ...
+    replacement: tuple[str, bytes] | None = None  # ... this file with these bytes
+
+
+@dataclass
+class Stats:
+    listings: int = 0
+    file_requests: int = 0
+    body_bytes: int = 0
+    queries: list[dict[str, str]] = field(default_factory=list)
+
+
+class FakeApi:
+    """Files on disk served like weightport would, plus both APIs' JSON, in one aiohttp app."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.switches = Switches()
+        self.stats = Stats()
+        self.tokens: dict[str, int] = {}  # token -> requests used
+        self.digests: dict[tuple[Path, int, int], str] = {}
+        self.archive: Path | None = None
+        self.job: dict[str, object] = {}
+        self.app = web.Application()
+        self.app.router.add_get("/v1/accounts/{account}/models/{verb}", self.get_download_endpoint)
+        self.app.router.add_get("/files/{token}/{path:.*}", self.get_file)
+        self.app.router.add_get("/v1/fine-tunes/{ft_id}", self.get_job)
+        self.app.router.add_get("/v1/finetune/download", self.get_archive)
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner = web.AppRunner(self.app, access_log=None)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> FakeApi:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        return self
+
+    async def _start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write(self, relpath: str, data: bytes) -> None:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def files(self) -> dict[str, Path]:
+        return {
+            p.relative_to(self.root).as_posix(): p
+            for p in sorted(self.root.rglob("*"))
+            if p.is_file()
+        }
+
+    def digest(self, path: Path) -> str | None:
+        """sha256 of a served file, cached; none for huge (sparse) files."""
+        st = path.stat()
+        if st.st_size > 1 << 30:
+            return None
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in self.digests:
+            with path.open("rb") as fh:
+                self.digests[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+        return self.digests[key]
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {KEY}"
+
+    async def get_download_endpoint(self, request: web.Request) -> web.Response:
+        model, _, verb = request.match_info["verb"].rpartition(":")
+        if not self._authorized(request):
+            return web.json_response({"code": 16, "message": "bad key", "details": []}, status=401)
+        if (
+            request.match_info["account"] != ACCOUNT
+            or model != MODEL
+            or verb != "getDownloadEndpoint"
+        ):
+            return web.json_response(
+                {"code": 5, "message": f'model "{model}" not found', "details": []}, status=404
+            )
+        self.stats.listings += 1
+        token = f"t{self.stats.listings}"
+        self.tokens[token] = 0
+        files = self.files()
+        return web.json_response(
+            {
+                "filenameToSignedUrls": {k: f"{self.base_url}/files/{token}/{k}" for k in files},
+                "filenameToSize": {k: str(p.stat().st_size) for k, p in files.items()},
+                "filenameToSha256": {
+                    k: digest for k, p in files.items() if (digest := self.digest(p))
+                },
+            }
+        )
+
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        token = request.match_info["token"]
+        used = self.tokens.get(token)
+        expire = self.switches.expire_after
+        probe = request.headers.get("Range") == "bytes=0-0"
+        if used is None or (expire is not None and used >= expire and not probe):
+            return web.json_response(
+                {"code": 7, "message": "signed URL expired at 2025-01-01T00:00:00Z", "details": []},
+                status=403,
+            )
+        self.tokens[token] = used + (not probe)
+        return await self._serve(request, self.root / request.match_info["path"])
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response(
+                {"error": {"message": "bad key", "code": "unauthenticated"}}, status=401
+            )
+        if request.match_info["ft_id"] != self.job.get("id"):
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "Fine-tune job not found",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "not_found",
+                    }
+                },
+                status=404,
+            )
+        return web.json_response(self.job)
+
+    async def get_archive(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request) or self.archive is None:
+            return web.json_response(
+                {"error": {"message": "no", "code": "unauthenticated"}}, status=401
+            )
+        self.stats.queries.append(dict(request.query))
+        return await self._serve(request, self.archive, disposition=True)
+
+    async def _serve(
+        self, request: web.Request, path: Path, disposition: bool = False
+    ) -> web.StreamResponse:
+        sw = self.switches
+        self.stats.file_requests += 1
+        if (
+            sw.replace_after is not None
+            and sw.replacement
+            and self.stats.file_requests > sw.replace_after
+        ):
+            self.write(*sw.replacement)
+            sw.replace_after = None
+        if sw.fail_503 > 0:
+            sw.fail_503 -= 1
+            return web.json_response(
+                {"code": 14, "message": "try later", "details": []}, status=503
+            )
+        if not path.is_file():
+            return web.json_response(
+                {"code": 5, "message": "no such file", "details": []}, status=404
+            )
+        st = path.stat()
+        size = st.st_size
+        headers = {"ETag": f'"{st.st_mtime_ns:x}-{size:x}"', "Accept-Ranges": "bytes"}
+        if disposition:
+            headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
+        start, end, status = 0, size, 200
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
+        if match and not sw.ignore_range:
+            start = int(match[1])
+            end = min(size, int(match[2]) + 1) if match[2] else size
+            if start >= size:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{size}"})
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        relpath = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else ""
+        plain = not (sw.corrupt or sw.drops_left or sw.throttle or sw.ignore_range)
+        if plain:
+            self.stats.body_bytes += end - start
+            return web.FileResponse(path, headers=headers)  # sendfile, handles Range itself
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = end - start
+        await resp.prepare(request)
+        with path.open("rb") as fh:
+            fh.seek(start)
+            pos = start
+            while pos < end:
+                chunk = bytearray(fh.read(min(16 * KiB, end - pos)))
+                bad = sw.corrupt.get(relpath)
+                if bad is not None and pos <= bad < pos + len(chunk):
+                    chunk[bad - pos] ^= 0xFF
+                if sw.drops_left and sw.drop_after is not None and pos - start >= sw.drop_after:
+                    sw.drops_left -= 1
+                    assert request.transport is not None
+                    request.transport.close()  # the client sees a short body
+                    return resp
+                try:
+                    await resp.write(bytes(chunk))
+                except ConnectionError:  # the client hung up (it restarts or stops): fine
+                    return resp
+                self.stats.body_bytes += len(chunk)
+                pos += len(chunk)
+                if sw.throttle:
+                    await asyncio.sleep(sw.throttle)
+        await resp.write_eof()
+        return resp
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[FakeApi]:
+    root = tmp_path / "served"
+    root.mkdir()
+    server = FakeApi(root).start()
+    yield server
+    server.stop()
+
+
+def _populate(api: FakeApi) -> dict[str, bytes]:
+    contents = {
+        "config.json": b'{"model_type": "llama"}',
+        "model-00001-of-00002.safetensors": os.urandom(700 * KiB + 13),
+        "model-00002-of-00002.safetensors": os.urandom(450 * KiB),
+        "tokenizer/tokenizer.json": os.urandom(70 * KiB),
+        "empty.txt": b"",
+    }
+    for relpath, data in contents.items():
+        api.write(relpath, data)
+    return contents
+
+
+def _source(api: FakeApi) -> FireworksModel:
+    return FireworksModel(HttpSession(), ApiConfig(api.base_url, KEY), ACCOUNT, MODEL)
+
+
+SMALL = DownloadOptions(connections=4, part_size=64 * KiB, buffer_size=16 * KiB)
+
+
+def _assert_tree(dest: Path, contents: dict[str, bytes]) -> None:
+    found = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert found == set(contents)  # no leftover .wpdl / .wpdl.part files
+    for relpath, data in contents.items():
+        assert (dest / relpath).read_bytes() == data, relpath
+
+
+def test_model_download_multi_file_verified_by_sha256(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    snapshots: list[ProgressSnapshot] = []
+    result = download(_source(api), tmp_path / "out", SMALL, snapshots.append)
+    _assert_tree(tmp_path / "out", contents)
+    assert [f.relpath for f in result.files] == sorted(contents)
+    assert {f.verified for f in result.files} == {"sha256"}
+    assert all(f.sha256 == _sha256(contents[f.relpath]) for f in result.files)
+    assert result.downloaded_bytes == sum(map(len, contents.values()))
+    assert snapshots[-1].done == snapshots[-1].total == result.downloaded_bytes
+    # A second run finds everything in place and verified: nothing is fetched again.
+    requests = api.stats.file_requests
+    again = download(_source(api), tmp_path / "out", SMALL)
+    assert all(f.skipped for f in again.files if f.size) and again.downloaded_bytes == 0
+    assert api.stats.file_requests - requests == len(contents)  # the one-byte probes only
+
+
+def test_hashing_after_download_gives_the_same_result(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    options = DownloadOptions(connections=2, part_size=64 * KiB, hash_while_downloading=False)
+    result = download(_source(api), tmp_path / "out", options)
+    _assert_tree(tmp_path / "out", contents)
+    assert {f.verified for f in result.files} == {"sha256"}
+
+
+def test_range_ignoring_server_downloads_in_one_stream(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.ignore_range = True
+    result = download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert {f.verified for f in result.files} == {"sha256"}
+
+
+def _interrupt_after(limit: int) -> ProgressSink:
+    def sink(snapshot: ProgressSnapshot) -> None:
+        if snapshot.done - snapshot.resumed >= limit:
+            raise KeyboardInterrupt  # what Ctrl-C does to the calling thread
+
+    return sink
+
+
+def test_interrupted_download_resumes_from_disk(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.throttle = 0.02
+    with pytest.raises(KeyboardInterrupt):
+        download(_source(api), tmp_path / "out", SMALL, _interrupt_after(200 * KiB))
+    states = list((tmp_path / "out").rglob("*.wpdl"))
+    assert states, "an interrupted download leaves resume state"
+    done = sum(sum(json.loads(p.read_text())["done"]) for p in states)
+    assert done > 0
+    api.switches.throttle = None
+    served_before = api.stats.body_bytes
+    result = download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert sum(f.resumed_bytes for f in result.files) == done
+    assert api.stats.body_bytes - served_before <= sum(map(len, contents.values())) - done + 64
+
+
+def test_bytes_lost_in_a_crash_are_caught_and_fetched_again(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.throttle = 0.02
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        download(_source(api), out, SMALL, _interrupt_after(200 * KiB))
+    # An OS crash can lose written pages the state already counts (no fsync when a sha256
+    # will re-check everything): zero some recorded bytes behind the state's back.
+    state = next(p for p in out.rglob("*.wpdl") if json.loads(p.read_text())["done"][0] > 0)
+    damaged = state.with_name(state.name[: -len(".wpdl")]).relative_to(out).as_posix()
+    with state.with_name(state.name + ".part").open("r+b") as fh:
+        fh.write(bytes(min(4096, json.loads(state.read_text())["done"][0])))
+    api.switches.throttle = None
+    result = download(_source(api), out, SMALL)
+    _assert_tree(out, contents)
+    assert next(f for f in result.files if f.relpath == damaged).resumed_bytes == 0
+
+
+def test_resume_refused_when_the_server_stops_honouring_range(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.throttle = 0.02
+    with pytest.raises(KeyboardInterrupt):
+        download(_source(api), tmp_path / "out", SMALL, _interrupt_after(200 * KiB))
+    api.switches.throttle = None
+    api.switches.ignore_range = True
+    result = download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert sum(f.resumed_bytes for f in result.files) == 0
+
+
+def test_corrupted_byte_is_detected_and_never_placed(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    bad = "model-00001-of-00002.safetensors"
+    api.switches.corrupt = {bad: 300 * KiB + 7}
+    with pytest.raises(IntegrityError, match=bad) as info:
+        download(_source(api), tmp_path / "out", SMALL)
+    assert info.value.relpath == bad
+    out = tmp_path / "out"
+    assert not (out / bad).exists()
+    assert not list(out.rglob(f"{bad}.wpdl*")), "bad bytes and their state are discarded"
+    api.switches.corrupt = {}
+    download(_source(api), out, SMALL)
+    _assert_tree(out, contents)
+
+
+def test_expired_urls_are_refreshed_mid_download(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.expire_after = 6
+    download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert api.stats.listings > 2
+
+
+def test_url_refreshes_are_bounded(api: FakeApi, tmp_path: Path) -> None:
+    _populate(api)
+    api.switches.expire_after = 0  # every signed request is refused
+    options = DownloadOptions(connections=2, url_refreshes=3)
+    with pytest.raises(SignedUrlRejected, match="expired"):
+        download(_source(api), tmp_path / "out", options)
+    assert api.stats.listings == 1 + 3
+
+
+def test_dropped_connections_and_503s_are_retried(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    api.switches.drop_after = 20 * KiB
+    api.switches.drops_left = 4
+    api.switches.fail_503 = 3
+    download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert api.switches.drops_left == 0 and api.switches.fail_503 == 0
+
+
+def test_file_replaced_mid_download_starts_over(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    name = "model-00001-of-00002.safetensors"
+    contents[name] = os.urandom(600 * KiB)
+    api.switches.replacement = (name, contents[name])
+    api.switches.replace_after = len(contents) + 3  # after the probes and a few parts
+    api.switches.throttle = 0.0005
+    download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+
+
+def test_remote_paths_cannot_escape_the_target(api: FakeApi, tmp_path: Path) -> None:
+    class Evil(FireworksModel):
+        def list_files(self):  # type: ignore[no-untyped-def]
+            files = list(super().list_files())
+            return [*files, RemoteFile("../escape.bin", files[0].url, signed=True)]
+
+    _populate(api)
+    with pytest.raises(UnsafePath):
+        download(
+            Evil(HttpSession(), ApiConfig(api.base_url, KEY), ACCOUNT, MODEL), tmp_path / "out"
+        )
+    assert not (tmp_path / "escape.bin").exists()
+
+
+def test_insufficient_space_is_reported_before_writing(api: FakeApi, tmp_path: Path) -> None:
+    huge = api.root / "huge.bin"
+    with huge.open("wb") as fh:
+        fh.truncate(1 << 40)  # sparse: 1 TiB of nothing
+    with pytest.raises(InsufficientSpace, match="GB free"):
+        download(_source(api), tmp_path / "out", SMALL)
+    assert not list((tmp_path / "out").rglob("*.wpdl*"))
+
+
+def test_unknown_model_is_a_clear_not_found(api: FakeApi, tmp_path: Path) -> None:
+    source = FireworksModel(HttpSession(), ApiConfig(api.base_url, KEY), ACCOUNT, "missing")
+    with pytest.raises(NotFound, match="not found"):
+        download(source, tmp_path / "out")
+
+
+# -- Together -----------------------------------------------------------------------------
+
+
+def _make_archive(path: Path, members: dict[str, bytes]) -> None:
+    import io
+    import tarfile
+
+    import zstandard
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(zstandard.ZstdCompressor(level=1).compress(raw.getvalue()))
+
+
+def _together(api: FakeApi, tmp_path: Path) -> dict[str, bytes]:
+    members = {
+        "owner--model-step-10/adapter_config.json": b'{"r": 8}',
+        "owner--model-step-10/adapter_model.safetensors": os.urandom(300 * KiB),
+    }
+    api.archive = tmp_path / "archives" / "owner--model-step-10.tar.zst"
+    api.archive.parent.mkdir()
+    _make_archive(api.archive, members)
+    api.job = {
+        "id": "ft-abc",
+        "status": "completed",
+        "model_output_name": "owner/Model",
+        "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16},
+    }
+    return members
+
+
+def test_together_checkpoint_downloads_one_archive(api: FakeApi, tmp_path: Path) -> None:
+    _together(api, tmp_path)
+    assert api.archive is not None
+    source = TogetherCheckpoint(
+        HttpSession(), ApiConfig(api.base_url, KEY), FineTuneRef.parse("ft-abc:10")
+    )
+    result = download(source.resolve(), tmp_path / "dl", SMALL)
+    assert source.checkpoint == "merged"  # LoRA default, as the Together CLI picks
+    assert api.stats.queries[-1] == {
+        "ft_id": "ft-abc",
+        "checkpoint": "merged",
+        "checkpoint_step": "10",
+    }
+    (only,) = result.files
+    assert only.relpath == "owner--model-step-10.tar.zst"  # from Content-Disposition
+    assert (tmp_path / "dl" / only.relpath).read_bytes() == api.archive.read_bytes()
+    assert only.verified == "size+etag"
+
+
+def test_cli_finetune_extract_strip_components_json(api: FakeApi, tmp_path: Path) -> None:
+    members = _together(api, tmp_path)
+    out = tmp_path / "model"
+    result = CliRunner().invoke(
+        download_group,
+        [
+            "finetune",
+            "ft-abc",
+            "-c",
+            "adapter",
+            "-o",
+            str(out),
+            "--extract",
+            "--strip-components",
+            "1",
+            "--json",
+            "--base-url",
+            api.base_url,
+            "--api-key",
+            KEY,
+            "--part-size",
+            "64K",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    assert doc["checkpoint"] == "adapter" and doc["extracted_files"] == 2
+    for name, data in members.items():
+        assert (out / name.split("/", 1)[1]).read_bytes() == data
+    assert not list(tmp_path.glob("*.wpdl*")) and doc["filename"] is None  # archive removed
+
+
+def test_cli_model_json_and_errors(
+    api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contents = _populate(api)
+    monkeypatch.setenv("WEIGHTPORT_BASE_URL", api.base_url)
+    monkeypatch.setenv("FIREWORKS_API_KEY", KEY)
+    runner = CliRunner()
+    out = tmp_path / "m"
+    ok = runner.invoke(download_group, ["model", f"{ACCOUNT}/{MODEL}", "-o", str(out), "--json"])
+    assert ok.exit_code == 0, ok.output
+    doc = json.loads(ok.stdout)
+    assert doc["model"] == f"accounts/{ACCOUNT}/models/{MODEL}"
+    assert {f["path"]: f["sha256"] for f in doc["files"]} == {
+        k: _sha256(v) for k, v in contents.items()
+    }
+    missing = runner.invoke(download_group, ["model", f"{ACCOUNT}/nope", "-o", str(out)])
+    assert missing.exit_code == 1
+    assert missing.stderr.strip().splitlines() == ['Error: HTTP 404: model "nope" not found']
+    monkeypatch.delenv("FIREWORKS_API_KEY")
+    monkeypatch.delenv("WEIGHTPORT_API_KEY", raising=False)
+    nokey = runner.invoke(download_group, ["model", f"{ACCOUNT}/{MODEL}", "--json"])
+    assert nokey.exit_code == 2 and "no API key" in nokey.stderr
+    assert json.loads(nokey.stdout)["error"]["type"] == "ConfigurationError"
+
+
+def test_api_settings_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"FIREWORKS_BASE_URL": "http://fw", "FIREWORKS_API_KEY": "fw", "WEIGHTPORT_API_KEY": "wp"}
+    assert resolve_api("fireworks", environ=env) == ApiConfig("http://fw", "wp")
+    assert resolve_api("fireworks", base_url="http://x/", api_key="k", environ=env) == ApiConfig(
+        "http://x", "k"
+    )
+    assert resolve_api("together", environ={"TOGETHER_API_KEY": "t"}) == ApiConfig(
+        "https://api.together.ai", "t"
+    )
+
+
+# -- the command in a real process: SIGKILL and Ctrl-C ---------------------------------------
+
+
+def _cli(api: FakeApi, out: Path, *extra: str) -> subprocess.Popen[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "weightport.cli.download",
+        "model",
+        f"{ACCOUNT}/{MODEL}",
+        "-o",
+        str(out),
+        "--base-url",
+        api.base_url,
+        "--api-key",
+        KEY,
+        "--connections",
+        "4",
+        "--part-size",
+        "64K",
+        *extra,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_state(out: Path, proc: subprocess.Popen[str]) -> int:
+    """Block until a checkpoint recorded progress; the bytes it recorded."""
+    deadline = time.monotonic() + 60  # a hang guard, not a performance assertion
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = 0
+        for state in out.rglob("*.wpdl"):
+            with contextlib.suppress(OSError, ValueError):  # replaced while we read
+                done += sum(json.loads(state.read_text())["done"])
+        if done:
+            return done
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint appeared; exit {proc.poll()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_cli_resumes_after_kill(api: FakeApi, tmp_path: Path, sig: signal.Signals) -> None:
+    contents = _populate(api)
+    api.switches.throttle = 0.25  # 64 KB/s per connection: the run lasts seconds
+    out = tmp_path / "out"
+    proc = _cli(api, out, "--quiet")
+    _wait_for_state(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert "resume" in err and "Traceback" not in err
+    kept = sum(sum(json.loads(p.read_text())["done"]) for p in out.rglob("*.wpdl"))
+    assert kept > 0
+    placed = [k for k in contents if (out / k).exists()]
+    assert len(placed) < len(contents)
+    assert all((out / k).read_bytes() == contents[k] for k in placed)  # only verified files
+    api.switches.throttle = None
+    proc = _cli(api, out, "--json")
+    stdout, err = proc.communicate()
+    assert proc.returncode == 0, err
+    doc = json.loads(stdout)
+    assert sum(f["resumed_bytes"] for f in doc["files"]) >= kept
+    _assert_tree(out, contents)
