@@ -128,7 +128,7 @@ def banner(ctx: ServerContext, key: str | None, base: str, ft_id: str | None) ->
             f"    together fine-tuning download {ft_id} -c adapter -o demo-adapter.tar.zst",
             f"    together fine-tuning download {ft_id}:{demo.DEMO_STEPS[0]} -o demo-step.tar.zst",
             f"    weightport download finetune {ft_id} -o ./demo-merged --extract "
-            f"--base-url {base} --api-key {shown_key}",
+            f"--strip-components 1 --base-url {base} --api-key {shown_key}",
         ]
     return "\n".join(lines)
 
