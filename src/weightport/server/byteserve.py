@@ -25,11 +25,10 @@ import logging
 import os
 import secrets
 import stat
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeAlias
+from typing import IO
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
@@ -49,14 +48,13 @@ from weightport.ranges import (
     parse_range,
     unsatisfied_content_range,
 )
+from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, FileSource, Segment
 from weightport.storage.base import ByteSource
 
 __all__ = ["CHUNK_SIZE", "Entity", "LocalFile", "SourceBody", "content_disposition", "serve_entity"]
 
 log = logging.getLogger(__name__)
 
-#: Bytes per read when streaming a :class:`SourceBody` (DESIGN §4: ~9 µs per 1 MiB chunk).
-CHUNK_SIZE = 1 << 20
 
 # Headers this module owns: letting a caller set them would break framing or validators.
 _RESERVED = frozenset(
@@ -108,7 +106,6 @@ class SourceBody:
 
 
 # A body is a sequence of literal bytes (multipart framing) and ranges of the entity.
-_Segment: TypeAlias = bytes | ByteRange
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ class _Plan:
     status: int
     content_type: str
     content_range: str | None
-    segments: tuple[_Segment, ...]
+    segments: tuple[Segment, ...]
 
     @property
     def length(self) -> int:
@@ -178,7 +175,7 @@ async def serve_entity(
         return await _send(request, response)
     if isinstance(body, LocalFile):
         return await _send_local_file(request, response, body.path, entity.size, plan.segments)
-    pump = _ChunkPump(body.source, plan.segments)
+    pump = ChunkPump(body.source, plan.segments)
     try:
         await pump.prime()  # a failing first read still gets a proper error response
         return await _send(request, response, lambda: pump.run(request, response))
@@ -231,7 +228,7 @@ def _plan(entity: Entity, ranges: list[ByteRange] | None) -> _Plan:
     # RFC 9110 §14.6: parts are "--B CRLF headers CRLF CRLF data", each delimiter preceded
     # by the CRLF that ends the previous part, and the body closed by "--B--".
     boundary = secrets.token_hex(16)
-    segments: list[_Segment] = []
+    segments: list[Segment] = []
     lead = b""
     for part in ranges:
         head = (
@@ -308,10 +305,10 @@ async def _send_local_file(
     response: web.StreamResponse,
     path: Path,
     size: int,
-    segments: Sequence[_Segment],
+    segments: Sequence[Segment],
 ) -> web.StreamResponse:
     fobj = await asyncio.to_thread(_open_regular, path, size)
-    pump: _ChunkPump | None = None
+    pump: ChunkPump | None = None
 
     async def body() -> None:
         nonlocal pump
@@ -328,7 +325,7 @@ async def _send_local_file(
                 await loop.sendfile(transport, fobj, segment.start, segment.length)
             except NotImplementedError:
                 # A loop without sendfile (uvloop): stream the rest through the pump.
-                pump = _ChunkPump(_FileSource(fobj, size), segments[index:])
+                pump = ChunkPump(FileSource(fobj, size), segments[index:])
                 await pump.run(request, response)
                 return
 
@@ -341,163 +338,3 @@ async def _send_local_file(
             # close(2) of a read-only local file does not block; doing it here keeps the
             # descriptor's lifetime exactly the request's, even when the task is cancelled.
             fobj.close()
-
-
-@dataclass(frozen=True)
-class _FileSource:
-    """A :class:`ByteSource` over an open file, for loops that cannot ``sendfile``."""
-
-    fobj: IO[bytes]
-    size: int
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        done = 0
-        while done < len(buf):
-            got = os.preadv(self.fobj.fileno(), [buf[done:]], offset + done)
-            if got == 0:
-                raise StorageError(f"stored file ended at byte {offset + done} of {self.size}")
-            done += got
-
-
-# ----------------------------------------------------------------------------- chunk pump
-
-
-class _BufferRing:
-    """Three reusable chunk buffers, handed out in turn.
-
-    Since Python 3.12 a socket transport keeps a *reference* to data it could not send at
-    once instead of copying it, so a buffer may be refilled only when every byte of it has
-    left the transport: when the transport holds fewer bytes than were written after it.
-    With one chunk being written and one being read, the third buffer almost always passes
-    that test; when it does not, it is replaced rather than overwritten.
-    """
-
-    COUNT = 3
-
-    def __init__(self, chunk: int) -> None:
-        self._chunk = chunk
-        self._buffers: list[bytearray | None] = [None] * self.COUNT
-        # Output position after each buffer's last write; None while it is in use.
-        self._written_at: list[int | None] = [0] * self.COUNT
-        self._turn = 0
-        self.output = 0  # bytes this pump handed to the transport
-
-    def take(self, length: int, transport: asyncio.Transport | None) -> tuple[int, memoryview]:
-        index = self._turn
-        self._turn = (index + 1) % self.COUNT
-        buffer = self._buffers[index]
-        written_at = self._written_at[index]
-        held = transport.get_write_buffer_size() if transport is not None else 0
-        if buffer is None or written_at is None or held > self.output - written_at:
-            buffer = self._buffers[index] = bytearray(self._chunk)
-        self._written_at[index] = None
-        return index, memoryview(buffer)[:length]
-
-    def release(self, index: int) -> None:
-        self._written_at[index] = self.output
-
-
-def _reads(segments: Sequence[_Segment], chunk: int) -> Iterator[bytes | tuple[int, int]]:
-    for segment in segments:
-        if isinstance(segment, bytes):
-            yield segment
-            continue
-        for offset in range(segment.start, segment.end, chunk):
-            yield offset, min(chunk, segment.end - offset)
-
-
-@dataclass
-class _Read:
-    index: int
-    view: memoryview
-    future: asyncio.Future[None]
-
-
-class _ChunkPump:
-    """Writes segments of a :class:`ByteSource`, reading one chunk ahead in a worker thread."""
-
-    def __init__(self, source: ByteSource, segments: Sequence[_Segment]) -> None:
-        self._source = source
-        total = sum(s.length for s in segments if isinstance(s, ByteRange))
-        self._ring = _BufferRing(max(1, min(CHUNK_SIZE, total)))
-        self._items = _reads(segments, CHUNK_SIZE)
-        self._ahead: deque[bytes | _Read] = deque()
-        self._inflight: set[asyncio.Future[None]] = set()
-        self._transport: asyncio.Transport | None = None
-        self._exhausted = False
-
-    def _read_ahead(self) -> None:
-        # Start items until one read is in flight (or none is left); literals are free.
-        while not self._exhausted and (not self._ahead or isinstance(self._ahead[-1], bytes)):
-            item = next(self._items, None)
-            if item is None:
-                self._exhausted = True
-            elif isinstance(item, bytes):
-                self._ahead.append(item)
-            else:
-                offset, length = item
-                index, view = self._ring.take(length, self._transport)
-                future = asyncio.get_running_loop().run_in_executor(
-                    None, self._source.readinto, offset, view
-                )
-                # Retrieve the outcome even if nobody awaits it (client gone, cancelled).
-                future.add_done_callback(_consume)
-                self._inflight.add(future)
-                future.add_done_callback(self._inflight.discard)
-                self._ahead.append(_Read(index, view, future))
-
-    async def prime(self) -> None:
-        """Finish the first read before any header is sent, so its errors can be answered."""
-        self._read_ahead()
-        for item in self._ahead:
-            if isinstance(item, _Read):
-                await asyncio.shield(item.future)
-
-    async def run(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Send every segment through the (prepared) response."""
-        self._transport = request.transport
-        self._read_ahead()
-        while self._ahead:
-            item = self._ahead.popleft()
-            if isinstance(item, bytes):
-                await self._write(response, item)
-            else:
-                # shield: a cancelled handler must not cancel the future while its thread
-                # still reads; abandon() waits for it before a file is closed.
-                await asyncio.shield(item.future)
-                self._read_ahead()  # overlap the next read with this write
-                await self._write(response, item.view)
-                self._ring.release(item.index)
-            self._read_ahead()
-
-    async def _write(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
-        await response.write(data)
-        self._ring.output += len(data)
-
-    def abandon(self, then: Callable[[], object] | None = None) -> None:
-        """Stop; call ``then()`` once no read is in flight any more (closes a file)."""
-        pending = [future for future in self._inflight if not future.done()]
-        self._ahead.clear()
-        self._exhausted = True
-        if then is None:
-            return
-        if not pending:
-            then()
-            return
-        remaining = len(pending)
-
-        def one_done(_: asyncio.Future[None]) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if remaining == 0:
-                then()
-
-        for future in pending:
-            future.add_done_callback(one_done)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    # Marks the exception as retrieved, so asyncio does not log "never retrieved" for a
-    # read whose result nobody wanted any more.
-    if not future.cancelled():
-        future.exception()
