@@ -9,12 +9,15 @@ tensors are copied from the base, ``modules_to_save`` tensors come from the adap
 LoRA-adapted weights are merged on the fly, a block of rows at a time, only for the rows a
 read touches.
 
-Memory per shard stays around ``(prefetch_blocks + 3) × block_bytes`` plus the LoRA factors
-of a few weights, whatever the size of the model or of a read. A sequential reader finds the
-next blocks already being computed on the executor while it sends the current one. (Splitting
-one block across threads was measured and dropped: on the 2-vCPU machines this project runs on,
-two NumPy workers — even two processes — are no faster than one.) Reads are thread-safe:
-concurrent readers of one block wait for a single computation.
+Memory per shard stays around ``(prefetch_blocks + 3) × block_bytes`` plus the prepared LoRA
+deltas of a few weights (:class:`~weightport.merge.tensor.LoraDelta`: the factors, a float64
+copy and their norms, about 1.8 MB for a 2048 × 5632 weight at rank 16), whatever the size of
+the model or of a read. Each block is one buffer: the weight rows are read into it and merged
+in place. A sequential reader finds the next blocks already being computed on the executor
+while it sends the current one. (More parallelism was measured and dropped: on the 2-vCPU
+machines this project runs on, a second merge thread competes with the sending itself and with
+the client.) Reads are thread-safe: concurrent readers of one block wait for a single
+computation.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from weightport.merge.plan import validate_merge as validate_merge
 from weightport.merge.safetensors_format import TensorInfo
 from weightport.merge.tensor import (
     F32,
+    LoraDelta,
     from_float32,
     lora_factors,
-    merge_rows,
     storage_dtype,
     to_float32,
 )
@@ -98,10 +101,10 @@ class _Slot:
 
     def __init__(self) -> None:
         self._done = threading.Event()
-        self._value: bytes | None = None
+        self._value: bytes | bytearray | None = None
         self._error: BaseException | None = None
 
-    def set(self, value: bytes) -> None:
+    def set(self, value: bytes | bytearray) -> None:
         self._value = value
         self._done.set()
 
@@ -109,12 +112,12 @@ class _Slot:
         self._error = error
         self._done.set()
 
-    def get(self) -> bytes:
+    def get(self) -> memoryview:
         self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._value is not None  # set() ran: internal invariant, not user input
-        return self._value
+        return memoryview(self._value)  # slices of a view copy nothing
 
 
 class MergedShard:
@@ -135,7 +138,7 @@ class MergedShard:
         self._block_bytes = max(1, block_bytes)
         self._lock = threading.Lock()
         self._blocks: OrderedDict[tuple[str, int], _Slot] = OrderedDict()
-        self._factors: OrderedDict[str, tuple[F32, F32]] = OrderedDict()
+        self._deltas: OrderedDict[str, LoraDelta] = OrderedDict()
         self._prefetch_depth = max(0, prefetch_blocks)
         self._cache_blocks = self._prefetch_depth + _CACHE_BLOCKS
         self._inflight = 0
@@ -222,7 +225,7 @@ class MergedShard:
             dest[s - lo : e - lo] = data[s - start : e - start]
         self._prefetch_after(target, last)
 
-    def _block(self, target: LoraTarget, b: int) -> bytes:
+    def _block(self, target: LoraTarget, b: int) -> memoryview:
         key = (target.base.name, b)
         with self._lock:
             slot = self._blocks.get(key)
@@ -290,49 +293,53 @@ class MergedShard:
             with self._lock:
                 self._inflight -= 1
 
-    def _compute_block(self, target: LoraTarget, b: int) -> bytes:
+    def _compute_block(self, target: LoraTarget, b: int) -> bytearray:
         t = target.base
         per_block = self._rows_per_block(t)
         r0 = b * per_block
         r1 = min(t.shape[0], r0 + per_block)
-        left, right = self._lora_factors(target)
-        merged = merge_rows(
-            self._weight_rows(target, r0, r1),
-            left[r0:r1],
-            right,
-            target.scaling,
-            dtype=t.dtype,
-            round_delta=target.round_delta,
-        )
-        return merged.tobytes()
+        delta = self._delta(target)
+        # One buffer per block: the weight rows are read into it and merged in place.
+        block = bytearray((r1 - r0) * t.shape[1] * t.itemsize)
+        rows = np.frombuffer(block, dtype=storage_dtype(t.dtype)).reshape(r1 - r0, t.shape[1])
+        src = target.weight_source
+        if src is None:
+            self._plan.base.readinto(t.begin + r0 * t.shape[1] * t.itemsize, memoryview(block))
+            delta.merge_rows(rows, r0, out=rows)
+        else:
+            delta.merge_rows(self._adapter_rows(src, t, r0, r1), r0, out=rows)
+        return block
 
-    def _weight_rows(self, target: LoraTarget, r0: int, r1: int) -> npt.NDArray[np.generic]:
-        """Rows ``[r0, r1)`` of the weight the delta is added to, in the base's dtype."""
-        t, src = target.base, target.weight_source
+    def _adapter_rows(
+        self, src: TensorInfo, t: TensorInfo, r0: int, r1: int
+    ) -> npt.NDArray[np.generic]:
+        """Rows ``[r0, r1)`` of a weight the adapter carries, cast to the base's dtype."""
         cols = t.shape[1]
-        info, source = (t, self._plan.base) if src is None else (src, self._plan.adapter)
-        raw = bytearray((r1 - r0) * cols * info.itemsize)
-        source.readinto(info.begin + r0 * cols * info.itemsize, memoryview(raw))
-        rows = np.frombuffer(raw, dtype=storage_dtype(info.dtype)).reshape(r1 - r0, cols)
-        if info.dtype == t.dtype:
+        raw = bytearray((r1 - r0) * cols * src.itemsize)
+        self._plan.adapter.readinto(src.begin + r0 * cols * src.itemsize, memoryview(raw))
+        rows = np.frombuffer(raw, dtype=storage_dtype(src.dtype)).reshape(r1 - r0, cols)
+        if src.dtype == t.dtype:
             return rows
-        return from_float32(to_float32(rows, info.dtype), t.dtype)
+        return from_float32(to_float32(rows, src.dtype), t.dtype)
 
-    def _lora_factors(self, target: LoraTarget) -> tuple[F32, F32]:
+    def _delta(self, target: LoraTarget) -> LoraDelta:
         name = target.base.name
         with self._lock:
-            cached = self._factors.get(name)
+            cached = self._deltas.get(name)
             if cached is not None:
-                self._factors.move_to_end(name)
+                self._deltas.move_to_end(name)
                 return cached
-        factors = lora_factors(
+        left, right = lora_factors(
             self._read_factor(target.a), self._read_factor(target.b), transposed=target.transposed
         )
+        delta = LoraDelta.prepare(
+            left, right, target.scaling, dtype=target.base.dtype, round_delta=target.round_delta
+        )
         with self._lock:
-            self._factors[name] = factors
-            while len(self._factors) > _FACTOR_CACHE:
-                self._factors.popitem(last=False)
-        return factors
+            self._deltas[name] = delta
+            while len(self._deltas) > _FACTOR_CACHE:
+                self._deltas.popitem(last=False)
+        return delta
 
     def _read_factor(self, info: TensorInfo) -> F32:
         raw = bytearray(info.nbytes)
