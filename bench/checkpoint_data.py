@@ -14,10 +14,9 @@ import random
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save
 
 from bench.common import MiB
-from weightport.demo import to_bf16
+from weightport.demo import bf16_safetensors, to_bf16
 
 HIDDEN = 4096
 #: Per layer: four hidden×hidden projections (4 × 32 MiB in bf16) and one norm vector.
@@ -25,20 +24,6 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LAYER_BYTES = len(PROJECTIONS) * HIDDEN * HIDDEN * 2
 LAYERS_PER_SHARD = 4
 WEIGHT_STD = 0.02
-
-
-def _bf16_safetensors(tensors: dict[str, np.ndarray]) -> bytes:
-    # safetensors.numpy has no bfloat16: write the uint16 bit patterns, then relabel the
-    # dtype in the header (offsets are relative to the data, so the header may change size).
-    raw = save(tensors, metadata={"format": "pt"})
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
-    for name, info in header.items():
-        if name != "__metadata__" and info["dtype"] == "U16":
-            info["dtype"] = "BF16"
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + header_len :]
 
 
 def _layer(rng: np.random.Generator, index: int) -> dict[str, np.ndarray]:
@@ -90,7 +75,7 @@ def make_checkpoint(folder: Path, weight_bytes: int, seed: int = 0) -> int:
         first = shard * LAYERS_PER_SHARD
         for index in range(first, min(first + LAYERS_PER_SHARD, layers)):
             tensors.update(_layer(rng, index))
-        (folder / name).write_bytes(_bf16_safetensors(tensors))
+        (folder / name).write_bytes(bf16_safetensors(tensors))
         weight_map.update(dict.fromkeys(tensors, name))
     config = {
         "architectures": ["LlamaForCausalLM"],

@@ -71,7 +71,8 @@ def _linear_shapes(config: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     }
 
 
-def _safetensors_bf16(tensors: Mapping[str, np.ndarray]) -> bytes:
+def bf16_safetensors(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """A safetensors file whose uint16 arrays are labelled BF16 (bit patterns from to_bf16)."""
     # safetensors.numpy has no bfloat16 dtype: write uint16 bit patterns, then relabel them.
     raw = save(dict(tensors), metadata={"format": "pt"})
     header_len = int.from_bytes(raw[:8], "little")
@@ -156,7 +157,7 @@ def demo_base_files(seed: int = 0) -> dict[str, bytes]:
         "generation_config.json": json.dumps(
             {"bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}, indent=2
         ).encode(),
-        "model.safetensors": _safetensors_bf16(tensors),
+        "model.safetensors": bf16_safetensors(tensors),
     }
     files.update(_tokenizer())
     return files
