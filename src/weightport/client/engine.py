@@ -2,9 +2,15 @@
 
 Threads, and why:
 
-- *workers* (``connections`` of them) take parts from one priority queue (file order, then
-  part order, so early files finish first) and stream each part with ``readinto`` into a
-  buffer they reuse, ``os.pwrite``-ing it at its offset in the preallocated partial file;
+- *workers* (``connections`` of them) take parts from one priority queue and stream each
+  part with ``readinto`` into a buffer they reuse, ``os.pwrite``-ing it at its offset in
+  the preallocated partial file. The queue hands out files in groups of ``connections``
+  and, within a group, parts round-robin across its files (part 0 of each, then part 1,
+  ...), so concurrent writers land in different files where there are several: buffered
+  writes to one file serialise on its inode lock, and with 8 workers on one file of a
+  4-file model 17 % of the client's CPU went to spinning on that lock (loopback, 2 cores);
+  spread over the 4 files, its system time halved. Groups keep the files in flight, and so
+  their finisher threads and hash buffers, bounded by ``connections``;
 - one *finisher* per started file hashes the bytes already on disk in order, while the
   workers keep downloading (sha256 on the download threads halves throughput, and sha256
   cannot be fed out of order), then verifies and renames the file;
@@ -41,7 +47,8 @@ from weightport.client.progress import FileProgress, ProgressSink, ProgressSnaps
 from weightport.client.remote import RemoteFile, RemoteIdentity, probe, safe_target
 from weightport.client.transfer import FileResult, Transfer
 
-_STOP = (1 << 62, 0, 0)
+#: A queue entry: (group, part, file index, epoch); this one, sorted last, stops a worker.
+_STOP = (1 << 62, 0, 0, 0)
 
 
 class Source(Protocol):
@@ -93,7 +100,7 @@ class Downloader:
         self.transfers: list[Transfer] = []
         self.by_index: dict[int, Transfer] = {}
         self.skipped: dict[int, FileResult] = {}
-        self.queue: queue.PriorityQueue[tuple[int, int, int]] = queue.PriorityQueue()
+        self.queue: queue.PriorityQueue[tuple[int, int, int, int]] = queue.PriorityQueue()
         self.stop = threading.Event()
         self.wakeup = threading.Event()
         self.failure: BaseException | None = None
@@ -102,6 +109,7 @@ class Downloader:
         self.generation = 0
         self.refreshes = 0
         self.workers: list[threading.Thread] = []
+        self.group: dict[int, int] = {}
         self.finishers: list[threading.Thread] = []
         self.active = ActiveResponses()
 
@@ -181,10 +189,11 @@ class Downloader:
 
     def _start_workers(self) -> None:
         pending = 0
-        for t in self.transfers:
+        for position, t in enumerate(self.transfers):
+            self.group[t.index] = position // self.options.connections
             tasks = [i for i, part in enumerate(t.parts) if t.done[i] < part.size]
             for i in tasks:
-                self.queue.put((t.index, i, t.epoch))
+                self._enqueue(t, i)
             pending += len(tasks)
             if not tasks:
                 self._start_finisher(t)  # complete on disk already (or empty)
@@ -192,6 +201,10 @@ class Downloader:
             thread = threading.Thread(target=self._worker, name=f"wp-worker-{n}")
             thread.start()
             self.workers.append(thread)
+
+    def _enqueue(self, t: Transfer, part: int) -> None:
+        # Sorted by group, then part, then file: see the module docstring.
+        self.queue.put((self.group[t.index], part, t.index, t.epoch))
 
     def _watch(self) -> None:
         next_checkpoint = time.monotonic() + self.options.checkpoint_interval
@@ -250,8 +263,9 @@ class Downloader:
     def _worker(self) -> None:
         buf = memoryview(bytearray(self.options.buffer_size))
         while not self.stop.is_set():
-            index, part, epoch = self.queue.get()
-            if (index, part, epoch) == _STOP or self.stop.is_set():
+            task = self.queue.get()
+            _, part, index, epoch = task
+            if task == _STOP or self.stop.is_set():
                 return
             t = self.by_index[index]
             try:
@@ -330,7 +344,7 @@ class Downloader:
                 identity = replace(identity, ranges=False)
             t.restart(remote, identity, self.options.part_size)
             for i in range(len(t.parts)):
-                self.queue.put((t.index, i, t.epoch))
+                self._enqueue(t, i)
 
     # -- finisher threads --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import os
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from weightport.client.errors import (
 )
 from weightport.client.http import (
     HttpSession,
+    body_reader,
     error_body,
     finish,
     parse_content_range,
@@ -107,13 +109,14 @@ def fetch_part(
     complete = False
     try:
         end = _expected_end(resp, job, start, end)
+        readinto = body_reader(resp)
         pos = start
         while pos < end:
             if stop.is_set():
                 return
             try:
-                n = resp.readinto(buf[: min(len(buf), end - pos)])
-            except (HTTPError, OSError) as exc:
+                n = readinto(buf[: min(len(buf), end - pos)])
+            except (HTTPError, OSError, http.client.HTTPException) as exc:
                 raise ConnectionFailed(f"{job.remote.relpath}: {exc}") from exc
             if n <= 0:
                 raise ConnectionFailed(f"{job.remote.relpath}: connection closed at byte {pos}")

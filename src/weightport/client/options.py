@@ -11,11 +11,20 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    """Tuning knobs; the defaults suit multi-GB weights on fast links."""
+    """Tuning knobs; the defaults suit multi-GB weights on fast links.
+
+    Why 8 connections of 64 MiB parts (``bench/downloader.py``, BENCHMARKS.md): on loopback,
+    where one 2-core machine also runs the server, 2 to 16 connections and 16 to 256 MiB
+    parts traded places from run to run within the noise, so loopback does not choose. Real
+    links do: a single connection is held back by its TCP window and by per-connection
+    limits of object stores and CDNs, which is why parallel downloaders (hf_transfer,
+    aria2c -x) use about 8. 64 MiB parts are few requests per GB, yet a slow connection
+    holds up at most one part at the end.
+    """
 
     #: Concurrent connections (and worker threads) for the whole download.
     connections: int = 8
-    #: Bytes per ranged request; also the resume granularity's upper bound.
+    #: Bytes per ranged request (a resume continues inside a part, from its last byte).
     part_size: int = 64 * MiB
     #: Read buffer per worker, reused for every read.
     buffer_size: int = 1 * MiB
