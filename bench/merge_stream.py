@@ -59,6 +59,7 @@ from bench.common import (
     write_results,
 )
 from bench.servers import WeightportServer
+from weightport.storage.base import PathSource
 
 NAME = "merge_stream"
 SPEEDUP_TARGET = 1.5
@@ -277,30 +278,7 @@ print(json.dumps(view_child(*sys.argv[1:])))
 
 
 def _file_sources(root: Path) -> dict[str, Any]:
-    return {p.name: _FileSource(p) for p in sorted(root.iterdir()) if p.is_file()}
-
-
-@dataclass(frozen=True)
-class _FileSource:
-    """A ByteSource over a local file (positional reads: safe across threads)."""
-
-    path: Path
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < len(buf):
-                n = os.preadv(fd, [buf[done:]], offset + done)
-                if n <= 0:
-                    raise ValueError(f"{self.path} ends before {offset + len(buf)}")
-                done += n
-        finally:
-            os.close(fd)
+    return {p.name: PathSource(p) for p in sorted(root.iterdir()) if p.is_file()}
 
 
 def view_child(base: str, adapter: str, peft_out: str, reps: str) -> dict[str, Any]:

@@ -4,9 +4,7 @@ reference merged shard assembled tensor by tensor (independent of the view's blo
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from weightport.merge.tensor import (
     storage_dtype,
     to_float32,
 )
-from weightport.storage.base import ByteSource, MemorySource
+from weightport.storage.base import ByteSource, MemorySource, PathSource
 
 _NUMPY = {
     "F32": "<f4",
@@ -65,33 +63,10 @@ def bf16(values: np.ndarray) -> np.ndarray:
     return np.asarray(from_float32(np.asarray(values, dtype=np.float32), "BF16"))
 
 
-@dataclass(frozen=True)
-class FileSource:
-    """A ByteSource over a local file (positional reads, safe across threads)."""
-
-    path: Path
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < len(buf):
-                n = os.preadv(fd, [buf[done:]], offset + done)
-                if n <= 0:
-                    raise ValueError(f"{self.path} ends before {offset + len(buf)}")
-                done += n
-        finally:
-            os.close(fd)
-
-
 def dir_sources(root: Path) -> dict[str, ByteSource]:
     """Every regular file under ``root`` by its relative POSIX path."""
     return {
-        p.relative_to(root).as_posix(): FileSource(p)
+        p.relative_to(root).as_posix(): PathSource(p)
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }

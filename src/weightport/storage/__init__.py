@@ -8,6 +8,7 @@ from weightport.storage.base import (
     ByteSource,
     LocalPaths,
     MemorySource,
+    PathSource,
     Presigner,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "ByteSource",
     "LocalPaths",
     "MemorySource",
+    "PathSource",
     "Presigner",
 ]
