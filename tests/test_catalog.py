@@ -1,0 +1,120 @@
+"""The catalog on its own: migrations match the schema; registry and fine-tune rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.orm import Session
+
+from weightport.catalog import accounts, finetunes, registry
+from weightport.catalog.db import Catalog
+from weightport.catalog.schema import Base
+from weightport.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Iterator[Catalog]:
+    opened = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    opened.call(lambda s: accounts.create_account(s, "acct"))
+    yield opened
+    opened.close()
+
+
+def test_migrations_produce_exactly_the_schema(catalog: Catalog) -> None:
+    with catalog.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_keys_are_stored_hashed_and_revocable(catalog: Catalog) -> None:
+    issued = catalog.call(lambda s: accounts.create_key(s, "acct", "ci"))
+    with catalog.engine.connect() as connection:
+        stored = connection.exec_driver_sql("SELECT secret_sha256 FROM api_keys").scalar_one()
+    assert issued.secret not in stored and len(stored) == 64
+    assert catalog.call(lambda s: accounts.authenticate(s, issued.secret)) == "acct"
+    catalog.call(lambda s: accounts.revoke_key(s, issued.id))
+    with pytest.raises(Unauthenticated):
+        catalog.call(lambda s: accounts.authenticate(s, issued.secret))
+
+
+def test_pages_filters_and_order(catalog: Catalog) -> None:
+    def seed(session: Session) -> None:
+        for i in range(5):
+            registry.create_model(session, "acct", f"m{i}", {"displayName": f"M{i % 2}"})
+
+    catalog.call(seed)
+    first = catalog.call(lambda s: registry.list_models(s, "acct", page_size=2))
+    assert [m.model_id for m in first.models] == ["m0", "m1"]
+    assert (first.next_page_token, first.total_size) == ("2", 5)
+    last = catalog.call(lambda s: registry.list_models(s, "acct", page_size=2, page_token="4"))
+    assert [m.model_id for m in last.models] == ["m4"] and last.next_page_token == ""
+    odd = catalog.call(
+        lambda s: registry.list_models(
+            s, "acct", filter_text='displayName = "M1"', order_by="name desc"
+        )
+    )
+    assert [m.model_id for m in odd.models] == ["m3", "m1"]
+    for bad in ({"filter_text": "state ~ x"}, {"order_by": "name sideways"}, {"page_token": "x"}):
+        with pytest.raises(InvalidArgument):
+            catalog.call(lambda s, bad=bad: registry.list_models(s, "acct", **bad))
+
+
+def test_redeclaring_keeps_landed_files_and_resets_changed_ones(catalog: Catalog) -> None:
+    def run(session: Session) -> dict[str, tuple[str | None, int]]:
+        registry.create_model(session, "acct", "m", {})
+        files = registry.declare_files(session, "acct", "m", {"a": 1, "b": 2})
+        for f in files:
+            registry.land_file(
+                session, "acct", "m", f.path, f.generation, "0" * 64, f.declared_size
+            )
+        again = registry.declare_files(session, "acct", "m", {"a": 1, "b": 3, "c": 4})
+        return {f.path: (f.sha256, f.generation) for f in again}
+
+    state = catalog.call(run)
+    assert state == {"a": ("0" * 64, 1), "b": (None, 2), "c": (None, 1)}
+    with pytest.raises(FailedPrecondition):
+        catalog.call(lambda s: registry.land_file(s, "acct", "m", "b", 1, "1" * 64, 2))
+    with pytest.raises(FailedPrecondition):
+        catalog.call(lambda s: registry.mark_ready(s, "acct", "m"))
+
+
+def test_fine_tune_rules(catalog: Catalog) -> None:
+    def base(session: Session) -> None:
+        registry.create_model(session, "acct", "base", {})
+        (f,) = registry.declare_files(session, "acct", "base", {"config.json": 2})
+        registry.land_file(session, "acct", "base", f.path, f.generation, "0" * 64, 2)
+        registry.mark_ready(session, "acct", "base")
+
+    catalog.call(base)
+    job = catalog.call(
+        lambda s: finetunes.create_fine_tune(
+            s, "acct", base_model_id="base", training_type="Lora", lora_r=8, lora_alpha=16
+        )
+    )
+    ref = [finetunes.FileRef("adapter", "adapter_config.json", 2, "0" * 64)]
+
+    def add(step: int, kind: str) -> None:
+        catalog.call(
+            lambda s: finetunes.add_checkpoint(s, "acct", job.id, step=step, kind=kind, files=ref)
+        )
+
+    add(10, "intermediate")
+    with pytest.raises(AlreadyExists):
+        add(10, "final")
+    add(20, "final")
+    with pytest.raises(InvalidArgument):
+        add(30, "intermediate")  # after the final checkpoint
+    done = catalog.call(lambda s: finetunes.get_fine_tune(s, "acct", job.id))
+    assert done.status == "completed" and [c.step for c in done.checkpoints] == [10, 20]
+    with pytest.raises(NotFound):
+        catalog.call(lambda s: finetunes.get_fine_tune(s, "other", job.id))
