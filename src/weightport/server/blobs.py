@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session
 from weightport.catalog import registry
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
 from weightport.paths import validate_relative_path
-from weightport.server.byteserve import Entity, LocalFile, SourceBody, serve_entity
+from weightport.server.byteserve import Entity, blob_body, serve_entity
 from weightport.server.context import ServerContext, context_of
-from weightport.storage.base import BlobSource, LocalPaths, Presigner
 
 PREFIX = "/files"
 UPLOAD_BUFFER = 1 << 20
@@ -85,15 +84,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 
     size = await ctx.catalog.run(find)
     entity = Entity(size=size, etag=sha256, filename=posixpath.basename(path))
-    store = ctx.store
-    if isinstance(store, Presigner):
-        raise web.HTTPTemporaryRedirect(
-            store.presign_get(sha256, expires_in=300, filename=entity.filename or "file")
-        )
-    if isinstance(store, LocalPaths):
-        body: LocalFile | SourceBody = LocalFile(store.local_path(sha256))
-    else:
-        body = SourceBody(BlobSource(store, sha256, size))
+    body = blob_body(ctx.store, sha256, size)
     return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
 
 

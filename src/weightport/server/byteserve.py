@@ -49,9 +49,17 @@ from weightport.ranges import (
     unsatisfied_content_range,
 )
 from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, FileSource, Segment
-from weightport.storage.base import ByteSource
+from weightport.storage.base import BlobSource, BlobStore, ByteSource, LocalPaths
 
-__all__ = ["CHUNK_SIZE", "Entity", "LocalFile", "SourceBody", "content_disposition", "serve_entity"]
+__all__ = [
+    "CHUNK_SIZE",
+    "Entity",
+    "LocalFile",
+    "SourceBody",
+    "blob_body",
+    "content_disposition",
+    "serve_entity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,13 @@ class LocalFile:
     """The entity's bytes are the regular file at ``path`` (sent with ``sendfile``)."""
 
     path: Path
+
+
+def blob_body(store: BlobStore, key: str, size: int) -> LocalFile | SourceBody:
+    """The body for a stored blob: zero-copy when it is a local file, else ranged reads."""
+    if isinstance(store, LocalPaths):
+        return LocalFile(store.local_path(key))
+    return SourceBody(BlobSource(store, key, size))
 
 
 @dataclass(frozen=True)

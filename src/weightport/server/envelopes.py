@@ -1,4 +1,4 @@
-"""The one place errors become HTTP responses, in the caller's own API envelope.
+"""How answers are wrapped: JSON successes, and errors in the caller's own API envelope.
 
 Fireworks callers get ``google.rpc.Status`` (``{"code", "message", "details"}``); Together
 callers get ``{"error": {"message", "type", "param", "code"}}``. Which one is decided by the
@@ -25,6 +25,11 @@ TOGETHER_PREFIXES = ("/v1/fine-tunes", "/v1/finetune", "/v3/", "/v1/whoami", "/w
 
 def dialect_for(path: str) -> Dialect:
     return Dialect.TOGETHER if path.startswith(TOGETHER_PREFIXES) else Dialect.FIREWORKS
+
+
+def json_response(body: object, status: int = 200) -> web.Response:
+    """A success answer: JSON, ``application/json`` (both APIs' clients expect exactly that)."""
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
 def error_body(error: WeightportError, dialect: Dialect) -> dict[str, object]:

@@ -14,7 +14,6 @@ bytes are copied: checkpoint files point at the same content-addressed blobs.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +31,7 @@ from weightport.checkpoint_import import (
 from weightport.errors import InvalidArgument
 from weightport.server.archive_builds import BuildTarget
 from weightport.server.context import ServerContext, context_of
+from weightport.server.envelopes import json_response
 from weightport.server.finetune_archives import prebuild_selections, select_artifact
 from weightport.server.requests import authenticated_account, json_body
 from weightport.server.together_resources import fine_tune_json
@@ -49,10 +49,6 @@ def queue_prebuilds(ctx: ServerContext, job: FineTune) -> int:
         target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
         queued += ctx.builder.submit(plan, target)
     return queued
-
-
-def _ok(body: dict[str, Any], status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
 
 
 def _spec(ctx: ServerContext, account: str, entry: Any) -> CheckpointSpec:
@@ -103,7 +99,7 @@ async def create(request: web.Request) -> web.Response:
             lambda s: fine_tune_json(finetunes.get_fine_tune(s, account, ft_id))
         )
 
-    return _ok(await asyncio.to_thread(run))
+    return json_response(await asyncio.to_thread(run))
 
 
 async def add_checkpoint(request: web.Request) -> web.Response:
@@ -135,7 +131,7 @@ async def add_checkpoint(request: web.Request) -> web.Response:
         queue_prebuilds(ctx, ctx.catalog.call(lambda s: finetunes.get_fine_tune(s, account, ft_id)))
         return rendered
 
-    return _ok(await asyncio.to_thread(run))
+    return json_response(await asyncio.to_thread(run))
 
 
 async def build_archive(request: web.Request) -> web.Response:
@@ -149,7 +145,7 @@ async def build_archive(request: web.Request) -> web.Response:
     plan = await asyncio.to_thread(ctx.plans.get, ctx.store, job, selection)
     target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
     queued = await asyncio.to_thread(ctx.builder.submit, plan, target)
-    return _ok({"plan_digest": plan.digest, "queued": queued}, status=202)
+    return json_response({"plan_digest": plan.digest, "queued": queued}, status=202)
 
 
 def add_routes(app: web.Application) -> None:

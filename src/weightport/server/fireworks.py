@@ -26,6 +26,7 @@ from weightport.errors import (
 )
 from weightport.server.blobs import signed_file_url
 from weightport.server.context import context_of
+from weightport.server.envelopes import json_response
 from weightport.server.fireworks_resources import (
     MODEL_FIELDS,
     apply_read_mask,
@@ -38,10 +39,6 @@ Handler = Callable[[web.Request, str, str], Awaitable[web.Response]]
 
 DOWNLOAD_FIELDS = ("filenameToSignedUrls", "filenameToSize", "filenameToSha256")
 UPLOAD_FIELDS = ("filenameToSignedUrls", "filenameToUnsignedUris")
-
-
-def ok(body: dict[str, Any]) -> web.Response:
-    return web.Response(text=json.dumps(body), content_type="application/json")
 
 
 def _split(request: web.Request) -> tuple[str, str | None, str | None]:
@@ -115,7 +112,7 @@ async def list_models(request: web.Request, account: str) -> web.Response:
             "totalSize": page.total_size,
         }
 
-    return ok(await ctx.catalog.run(run))
+    return json_response(await ctx.catalog.run(run))
 
 
 async def create_model(request: web.Request, account: str) -> web.Response:
@@ -131,14 +128,14 @@ async def create_model(request: web.Request, account: str) -> web.Response:
     def run(session: Session) -> dict[str, Any]:
         return model_json(registry.create_model(session, account, model_id, fields))
 
-    return ok(await ctx.catalog.run(run))
+    return json_response(await ctx.catalog.run(run))
 
 
 async def get_model(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     mask = parse_read_mask(request.query.get("readMask"), MODEL_FIELDS)
     model = await ctx.catalog.run(lambda s: model_json(registry.get_model(s, account, model_id)))
-    return ok(apply_read_mask(model, mask))
+    return json_response(apply_read_mask(model, mask))
 
 
 async def update_model(request: web.Request, account: str, model_id: str) -> web.Response:
@@ -148,7 +145,7 @@ async def update_model(request: web.Request, account: str, model_id: str) -> web
     if mask_text:
         wanted = parse_read_mask(mask_text, MODEL_FIELDS) or set(body)
         body = {k: v for k, v in body.items() if k in wanted}
-    return ok(
+    return json_response(
         await ctx.catalog.run(
             lambda s: model_json(registry.update_model(s, account, model_id, body))
         )
@@ -158,14 +155,14 @@ async def update_model(request: web.Request, account: str, model_id: str) -> web
 async def delete_model(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     await ctx.catalog.run(lambda s: registry.delete_model(s, account, model_id))
-    return ok({})
+    return json_response({})
 
 
 async def prepare(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     await json_body(request, required=False)
     await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
-    return ok({})
+    return json_response({})
 
 
 async def get_upload_endpoint(request: web.Request, account: str, model_id: str) -> web.Response:
@@ -199,7 +196,7 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     if mask is not None:
         # flumina-era callers read filenameToUnsignedUris unconditionally: always keep it.
         mask.add("filenameToUnsignedUris")
-    return ok(apply_read_mask(result, mask))
+    return json_response(apply_read_mask(result, mask))
 
 
 async def validate_upload(request: web.Request, account: str, model_id: str) -> web.Response:
@@ -217,7 +214,7 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
 
     model, config_key = await ctx.catalog.run(check)
     if model.state == registry.READY:
-        return ok({"warnings": []})
+        return json_response({"warnings": []})
     warnings: list[str] = []
     details: dict[str, Any] = {}
     if model.kind == "HF_BASE_MODEL":
@@ -237,7 +234,7 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
         registry.mark_ready(session, account, model_id)
 
     await ctx.catalog.run(finish)
-    return ok({"warnings": warnings})
+    return json_response({"warnings": warnings})
 
 
 async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
@@ -289,7 +286,7 @@ async def get_download_endpoint(request: web.Request, account: str, model_id: st
         sizes[f.path] = str(f.declared_size)
         digests[f.path] = f.sha256
     body = {"filenameToSignedUrls": urls, "filenameToSize": sizes, "filenameToSha256": digests}
-    return ok(apply_read_mask(body, mask))
+    return json_response(apply_read_mask(body, mask))
 
 
 def add_routes(app: web.Application) -> None:

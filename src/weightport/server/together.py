@@ -1,13 +1,11 @@
 """The Together fine-tune API: jobs, checkpoints, whoami and the archive download.
 
-Plus weightport's own registration routes under ``/weightport/v1/fine-tunes`` (a training
-pipeline pushes checkpoints that it uploaded as models through the Fireworks flow).
+(weightport's own registration routes are in :mod:`weightport.server.finetune_admin`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
@@ -19,8 +17,9 @@ from weightport.catalog import finetunes
 from weightport.catalog.schema import ArchiveBuild, FineTune
 from weightport.errors import InvalidArgument
 from weightport.server.archive_builds import BuildTarget
-from weightport.server.byteserve import Entity, LocalFile, SourceBody, serve_entity
+from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
 from weightport.server.context import context_of
+from weightport.server.envelopes import json_response
 from weightport.server.finetune_archives import Selection, select_artifact
 from weightport.server.requests import authenticated_account
 from weightport.server.together_resources import (
@@ -28,13 +27,8 @@ from weightport.server.together_resources import (
     fine_tune_json,
     whoami_json,
 )
-from weightport.storage.base import BlobSource, LocalPaths
 
 ARCHIVE_CONTENT_TYPE = "application/zstd"
-
-
-def ok(body: dict[str, Any]) -> web.Response:
-    return web.Response(text=json.dumps(body), content_type="application/json")
 
 
 def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
@@ -43,7 +37,7 @@ def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    return ok(whoami_json(await authenticated_account(request)))
+    return json_response(whoami_json(await authenticated_account(request)))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -57,7 +51,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             "data": [fine_tune_json(j, archive_builds_of(session, j.id)) for j in jobs],
         }
 
-    return ok(await ctx.catalog.run(run))
+    return json_response(await ctx.catalog.run(run))
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -68,7 +62,7 @@ async def get_job(request: web.Request) -> web.Response:
         job = finetunes.get_fine_tune(session, account, ft_id)
         return fine_tune_json(job, archive_builds_of(session, ft_id))
 
-    return ok(await context_of(request).catalog.run(run))
+    return json_response(await context_of(request).catalog.run(run))
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
@@ -80,7 +74,7 @@ async def list_checkpoints(request: web.Request) -> web.Response:
         rows = [row for c in reversed(job.checkpoints) for row in checkpoint_entries(job, c)]
         return {"object": "list", "data": rows}
 
-    return ok(await context_of(request).catalog.run(run))
+    return json_response(await context_of(request).catalog.run(run))
 
 
 async def _resolve(request: web.Request) -> tuple[FineTune, Selection]:
@@ -115,12 +109,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             content_type=ARCHIVE_CONTENT_TYPE,
             filename=filename,
         )
-        store = ctx.store
-        body: LocalFile | SourceBody = (
-            LocalFile(store.local_path(build.blob_sha256))
-            if isinstance(store, LocalPaths)
-            else SourceBody(BlobSource(store, build.blob_sha256, build.size))
-        )
+        body: LocalFile | SourceBody = blob_body(ctx.store, build.blob_sha256, build.size)
     else:
         if encoding == "compressed":
             target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
