@@ -8,6 +8,9 @@ import tarfile
 
 import zstandard
 
+from weightport.archive.headers import MTIME
+from weightport.archive.names import tree_entries
+
 
 def archive_files(data: bytes) -> dict[str, bytes]:
     """Every regular file of a .tar.zst, by its full member name (top folder included)."""
@@ -33,3 +36,22 @@ def strip_top(files: dict[str, bytes]) -> tuple[str, dict[str, bytes]]:
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(body).hexdigest() for name, body in files.items()}
+
+
+def tarfile_reference(top: str, files: dict[str, bytes]) -> bytes:
+    """What CPython's own tarfile writes for these files in weightport's layout (PAX, UTF-8,
+    directories first, fixed mtime and modes): the archive's tar must equal it byte for byte."""
+    out = io.BytesIO()
+    names = list(files)
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tf:
+        for entry in tree_entries(top, names):
+            info = tarfile.TarInfo("/".join((top, *entry.segments)))
+            info.mtime = MTIME
+            if entry.index is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            else:
+                data = files[names[entry.index]]
+                info.size, info.mode = len(data), 0o644
+                tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import io
 import random
-import tarfile
 
 import zstandard
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
+from tests.archive_helpers import tarfile_reference
 from weightport.archive import (
     ArchiveMember,
     ArchivePlan,
     compress_archive,
     stored_archive,
 )
-from weightport.archive.headers import MTIME
-from weightport.archive.names import tree_entries
 from weightport.archive.stored import BLOCK_SIZE, DEFAULT_FRAME_SIZE
 from weightport.errors import InvalidArgument
 from weightport.storage.base import ByteSource, MemorySource
@@ -62,23 +60,6 @@ def _read_all(source: ByteSource) -> bytes:
     return bytes(buf)
 
 
-def _tarfile_reference(files: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    names = list(files)
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tf:
-        for entry in tree_entries("top", names):
-            info = tarfile.TarInfo("/".join(("top", *entry.segments)))
-            info.mtime = MTIME
-            if entry.index is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tf.addfile(info)
-            else:
-                data = files[names[entry.index]]
-                info.size, info.mode = len(data), 0o644
-                tf.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 _frame_sizes = st.sampled_from(
     [512 * 3, BLOCK_SIZE, BLOCK_SIZE + 512 * 7, 300_000, DEFAULT_FRAME_SIZE]
 )
@@ -91,7 +72,7 @@ def test_whole_tar_matches_tarfile_and_stored_decodes_to_it(
 ) -> None:
     plan, files, _ = case
     tar = _read_all(plan.tar_source())
-    assert tar == _tarfile_reference(files)
+    assert tar == tarfile_reference("top", files)
     stored = _read_all(stored_archive(plan, frame_size=frame_size))
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stored), read_across_frames=True)
     assert reader.read() == tar

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.archive_helpers import tarfile_reference
 from weightport.archive import ArchiveMember, ArchivePlan
 from weightport.archive.headers import MTIME, RECORD
-from weightport.archive.names import tree_entries
 from weightport.storage.base import MemorySource
 
 GIB = 1024**3
@@ -45,24 +45,6 @@ def _tar_bytes(plan: ArchivePlan) -> bytes:
     return bytes(buf)
 
 
-def _tarfile_reference(top: str, files: dict[str, bytes]) -> bytes:
-    """What CPython's tarfile writes for the same entries, ownership and times."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tf:
-        names = list(files)
-        for entry in tree_entries(top, names):
-            info = tarfile.TarInfo("/".join((top, *entry.segments)))
-            info.mtime = MTIME
-            if entry.index is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tf.addfile(info)
-            else:
-                data = files[names[entry.index]]
-                info.size, info.mode = len(data), 0o644
-                tf.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 FILES = {
     "config.json": b'{"model_type": "llama"}\n',
     "model-00001-of-00002.safetensors": os.urandom(70_000),
@@ -77,7 +59,7 @@ FILES = {
 
 def test_tar_bytes_equal_tarfile_pax_writer() -> None:
     plan = ArchivePlan.build("my-model", _members(FILES))
-    assert _tar_bytes(plan) == _tarfile_reference("my-model", FILES)
+    assert _tar_bytes(plan) == tarfile_reference("my-model", FILES)
     assert plan.tar_size % RECORD == 0
 
 

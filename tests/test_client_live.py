@@ -8,12 +8,10 @@ downloads slow enough to interrupt and to outlive a one-second URL lifetime.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -24,6 +22,7 @@ from safetensors.numpy import save
 
 from tests.conftest import LiveServer
 from tests.fw_helpers import FireworksApi
+from tests.tcp_proxy import TcpProxy
 from weightport import demo
 from weightport.cli.download import download_group
 from weightport.client import (
@@ -40,93 +39,6 @@ from weightport.client.sources import ApiConfig
 
 KiB = 1024
 SMALL = DownloadOptions(connections=4, part_size=64 * KiB, buffer_size=16 * KiB)
-
-
-class ThrottlingProxy:
-    """Forwards 127.0.0.1:port to the server, each connection at most ``rate`` bytes/s.
-
-    ``rate`` can change while running; :meth:`cut` drops every open connection.
-    """
-
-    def __init__(self, target_port: int, rate: float | None = None) -> None:
-        self.target_port = target_port
-        self.rate = rate
-        self.port = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            while data := await reader.read(16 * KiB):
-                writer.write(data)
-                await writer.drain()
-                if self.rate:
-                    await asyncio.sleep(len(data) / self.rate)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.close()
-            return
-        upstream = asyncio.ensure_future(self._pipe(client_r, server_w))
-        try:
-            await self._pipe(server_r, client_w)
-        finally:
-            upstream.cancel()
-            server_w.close()
-
-    def cut(self) -> None:
-        def abort_all() -> None:
-            for writer in list(self._writers):
-                writer.transport.abort()
-
-        self._loop.call_soon_threadsafe(abort_all)
-
-    async def _close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        # Aborted transports end every pipe by themselves; cancelling the handler tasks
-        # instead would make asyncio's stream callback log the CancelledError.
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        await asyncio.wait(tasks, timeout=5)
-        await self._server.wait_closed()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.close()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @contextmanager
-    def running(self) -> Iterator[ThrottlingProxy]:
-        self._thread.start()
-        self._ready.wait(10)
-        try:
-            yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
 
 def model_files(seed: int) -> dict[str, bytes]:
@@ -193,7 +105,7 @@ def test_interrupted_download_resumes_through_a_slow_link(
         if snapshot.done >= 300 * KiB:
             raise KeyboardInterrupt
 
-    with ThrottlingProxy(live_server.port, rate=400 * KiB).running() as proxy:
+    with TcpProxy(live_server.port, rate=400 * KiB).running() as proxy:
         source = FireworksModel(HttpSession(), ApiConfig(proxy.base_url, key), account, "weights")
         with pytest.raises(KeyboardInterrupt):
             download(source, out, SMALL, interrupt)
@@ -213,7 +125,7 @@ def test_expiring_signed_urls_are_refreshed(
     ).start()
     files = model_files(2)
     account, key = publish(server, files)
-    with ThrottlingProxy(server.port, rate=250 * KiB).running() as proxy:  # ~3 s in all
+    with TcpProxy(server.port, rate=250 * KiB).running() as proxy:  # ~3 s in all
         source = CountingSource(HttpSession(), ApiConfig(proxy.base_url, key), account, "weights")
         download(source, tmp_path / "out", DownloadOptions(connections=2, part_size=64 * KiB))
     _assert_tree(tmp_path / "out", files)
@@ -228,7 +140,7 @@ def test_download_survives_a_server_restart(
     account, key = publish(server, files)
     progress: list[int] = []
     failures: list[BaseException] = []
-    with ThrottlingProxy(server.port, rate=200 * KiB).running() as proxy:
+    with TcpProxy(server.port, rate=200 * KiB).running() as proxy:
         source = FireworksModel(HttpSession(), ApiConfig(proxy.base_url, key), account, "weights")
 
         def run() -> None:
@@ -290,7 +202,7 @@ def test_merged_archive_resumes_to_identical_bytes(live_server: LiveServer, tmp_
         if snapshot.done >= 64 * KiB:
             raise KeyboardInterrupt
 
-    with ThrottlingProxy(live_server.port, rate=50 * KiB).running() as proxy:  # ~1 s in all
+    with TcpProxy(live_server.port, rate=50 * KiB).running() as proxy:  # ~1 s in all
         slow = ApiConfig(proxy.base_url, api.api_key)
         source = TogetherCheckpoint(HttpSession(), slow, FineTuneRef(ft_id, None)).resolve()
         with pytest.raises(KeyboardInterrupt):

@@ -16,7 +16,7 @@ from safetensors.numpy import save
 from tests.archive_helpers import archive_files, digests, strip_top
 from tests.conftest import LiveServer
 from tests.fw_helpers import FireworksApi
-from tests.tcp_proxy import DroppingProxy
+from tests.tcp_proxy import TcpProxy
 from tests.test_together_clients import CLI, cli_env
 
 SHAPES = {"model.embed_tokens.weight": (4096, 1024), "lm_head.weight": (2048, 1024)}
@@ -31,6 +31,19 @@ def weights(seed: int) -> dict[str, bytes]:
     }
 
 
+def register_full(server: LiveServer, key: str, step: int, model: str) -> httpx.Response:
+    """Register a Full fine-tune of "base" whose final checkpoint is ``model``, over HTTP."""
+    return httpx.post(
+        f"{server.base_url}/weightport/v1/fine-tunes",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "base_model": "base",
+            "training_type": "Full",
+            "checkpoints": [{"step": step, "kind": "final", "model": model}],
+        },
+    )
+
+
 @pytest.fixture(scope="module")
 def full_job(live_server: LiveServer) -> tuple[str, str, dict[str, bytes]]:
     account = f"tg-{secrets.token_hex(3)}"
@@ -40,15 +53,7 @@ def full_job(live_server: LiveServer) -> tuple[str, str, dict[str, bytes]]:
     final = weights(2)
     api.publish("final-weights", final)
     api.close()
-    response = httpx.post(
-        f"{live_server.base_url}/weightport/v1/fine-tunes",
-        headers={"Authorization": f"Bearer {key}"},
-        json={
-            "base_model": "base",
-            "training_type": "Full",
-            "checkpoints": [{"step": 100, "kind": "final", "model": "final-weights"}],
-        },
-    )
+    response = register_full(live_server, key, 100, "final-weights")
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "completed" and job["training_type"] == {"type": "Full"}
@@ -74,15 +79,7 @@ def test_registration_rejects_mismatched_shapes(
         },
     )
     api.close()
-    response = httpx.post(
-        f"{live_server.base_url}/weightport/v1/fine-tunes",
-        headers={"Authorization": f"Bearer {key}"},
-        json={
-            "base_model": "base",
-            "training_type": "Full",
-            "checkpoints": [{"step": 1, "kind": "final", "model": "wrong-shape"}],
-        },
-    )
+    response = register_full(live_server, key, 1, "wrong-shape")
     assert response.status_code == 400
     assert "lm_head.weight" in response.json()["error"]["message"]
 
@@ -93,9 +90,9 @@ def test_cli_resumes_after_connection_drop(
     ft_id, key, final = full_job
     size = len(final["model.safetensors"])
     assert size > 20 * 1024 * 1024
-    with DroppingProxy(live_server.port, drop_after=15 * 1024 * 1024).running() as proxy:
+    with TcpProxy(live_server.port, drop_after=15 * 1024 * 1024).running() as proxy:
         env = cli_env(live_server, tmp_path)
-        env["TOGETHER_BASE_URL"] = f"http://127.0.0.1:{proxy.port}"
+        env["TOGETHER_BASE_URL"] = proxy.base_url
         env["TOGETHER_API_KEY"] = key
         out = tmp_path / "full.tar.zst"
         result = subprocess.run(
