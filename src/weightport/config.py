@@ -28,13 +28,17 @@ _FALSE = {"0", "false", "no", "off"}
 class Settings:
     """Everything a weightport server needs to know, with documented defaults."""
 
-    #: Where SQLite, the local blob store and the signing keys live.
+    #: Where SQLite, the local blob store (unless ``storage_url`` says otherwise) and the
+    #: signing keys live.
     data_dir: Path = Path("weightport-data")
     #: Address to bind. Loopback by default: expose deliberately.
     host: str = "127.0.0.1"
     port: int = 8700
     #: SQLAlchemy URL; empty means SQLite in the data directory.
     database_url: str = ""
+    #: Where blobs live: empty means the local store in ``DATA_DIR/store``; a path or
+    #: ``file:///abs/path`` a local store there.
+    storage_url: str = ""
     #: Base URL clients reach this server at, used in signed URLs. Empty: from the request.
     public_url: str = ""
     #: Lifetime of signed download / upload URLs, seconds.

@@ -16,9 +16,9 @@ from weightport.catalog import finetunes
 from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
 from weightport.cli.options import data_options, open_catalog, settings_from
 from weightport.ingest import directory_files
-from weightport.server.app import open_store
 from weightport.server.together import archive_builds_of
 from weightport.server.together_resources import fine_tune_json
+from weightport.storage.factory import open_store
 
 
 def _parse_step_dir(value: str, option: str) -> tuple[int, Path]:
@@ -67,8 +67,8 @@ def import_(
     Every adapter is parsed and checked tensor by tensor against the base model first.
     """
     settings = settings_from(data_dir=data_dir, database_url=database_url)
-    catalog = open_catalog(settings)
     store = open_store(settings)
+    catalog = open_catalog(settings)
     artifact = finetunes.MODEL if full else finetunes.ADAPTER
     steps = [(*_parse_step_dir(v, "--checkpoint"), finetunes.INTERMEDIATE) for v in intermediate]
     steps.append((*_parse_step_dir(final, "--final"), finetunes.FINAL))

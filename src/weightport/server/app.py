@@ -18,8 +18,7 @@ from weightport.server.archive_builds import ArchiveBuilder
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
-from weightport.storage.base import BlobStore
-from weightport.storage.local import LocalStore
+from weightport.storage.factory import open_store
 
 log = logging.getLogger("weightport.server")
 
@@ -56,13 +55,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(WeightportError("internal error; see the server log"), dialect)
 
 
-def open_store(settings: Settings) -> BlobStore:
-    store = LocalStore(settings.data_dir / "store")
-    # Temp files left by a crash mid-upload were never visible; nothing can resume them.
-    store.cleanup_temp(older_than_s=0)
-    return store
-
-
 def build_context(settings: Settings) -> ServerContext:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     keys = (
@@ -70,8 +62,9 @@ def build_context(settings: Settings) -> ServerContext:
         if settings.signing_keys
         else load_or_create_keyfile(settings.data_dir / "signing-keys")
     )
+    # The store first: a storage_url it refuses stops the start before any migration runs.
+    store = open_store(settings, housekeeping=True)
     catalog = Catalog.open(settings.effective_database_url)
-    store = open_store(settings)
     builder = ArchiveBuilder(
         catalog, store, level=settings.archive_level, threads=settings.archive_threads
     )
