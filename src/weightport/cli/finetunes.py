@@ -16,8 +16,8 @@ from weightport.catalog import finetunes
 from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
 from weightport.cli.options import data_options, open_catalog, settings_from
 from weightport.ingest import directory_files
-from weightport.server.together import archive_builds_of
-from weightport.server.together_resources import fine_tune_json
+from weightport.services.archive_builds import archive_builds_of
+from weightport.services.together_resources import fine_tune_json
 from weightport.storage.factory import open_store
 
 

@@ -14,9 +14,9 @@ from weightport.catalog.schema import FineTune
 from weightport.config import Settings
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
 from weightport.server import blobs, finetune_admin, fireworks, together
-from weightport.server.archive_builds import ArchiveBuilder
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
+from weightport.services.archive_builds import ArchiveBuilder
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
 from weightport.storage.factory import open_store
 

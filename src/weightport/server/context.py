@@ -9,8 +9,8 @@ from aiohttp import web
 
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
-from weightport.server.archive_builds import ArchiveBuilder
-from weightport.server.finetune_archives import PlanCache
+from weightport.services.archive_builds import ArchiveBuilder
+from weightport.services.finetune_archives import PlanCache
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore
 

@@ -29,12 +29,12 @@ from weightport.checkpoint_import import (
     register_fine_tune,
 )
 from weightport.errors import InvalidArgument
-from weightport.server.archive_builds import BuildTarget
 from weightport.server.context import ServerContext, context_of
 from weightport.server.envelopes import json_response
-from weightport.server.finetune_archives import prebuild_selections, select_artifact
 from weightport.server.requests import authenticated_account, json_body
-from weightport.server.together_resources import fine_tune_json
+from weightport.services.archive_builds import BuildTarget
+from weightport.services.finetune_archives import prebuild_selections, select_artifact
+from weightport.services.together_resources import fine_tune_json
 
 PREFIX = "/weightport/v1/fine-tunes"
 

@@ -9,31 +9,25 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from weightport.archive import stored_archive
 from weightport.catalog import finetunes
-from weightport.catalog.schema import ArchiveBuild, FineTune
+from weightport.catalog.schema import FineTune
 from weightport.errors import InvalidArgument
-from weightport.server.archive_builds import BuildTarget
 from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
-from weightport.server.finetune_archives import Selection, select_artifact
 from weightport.server.requests import authenticated_account
-from weightport.server.together_resources import (
+from weightport.services.archive_builds import BuildTarget, archive_builds_of
+from weightport.services.finetune_archives import Selection, select_artifact
+from weightport.services.together_resources import (
     checkpoint_entries,
     fine_tune_json,
     whoami_json,
 )
 
 ARCHIVE_CONTENT_TYPE = "application/zstd"
-
-
-def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
-    query = select(ArchiveBuild).where(ArchiveBuild.fine_tune_id == ft_id)
-    return list(session.scalars(query.order_by(ArchiveBuild.step, ArchiveBuild.artifact)))
 
 
 async def whoami(request: web.Request) -> web.Response:

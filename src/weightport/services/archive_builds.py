@@ -36,6 +36,12 @@ class BuildTarget:
     artifact: str
 
 
+def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
+    """The archive builds of a fine-tune, by step and artifact (for its JSON and the CLI)."""
+    query = select(ArchiveBuild).where(ArchiveBuild.fine_tune_id == ft_id)
+    return list(session.scalars(query.order_by(ArchiveBuild.step, ArchiveBuild.artifact)))
+
+
 class ArchiveBuilder:
     """Runs compressed builds one at a time on a worker thread."""
 
