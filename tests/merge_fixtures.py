@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.byte_sources import MemorySource
 from weightport.merge.adapter import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from weightport.merge.plan import plan_merge
 from weightport.merge.safetensors_format import read_header
@@ -19,7 +20,7 @@ from weightport.merge.tensor import (
     storage_dtype,
     to_float32,
 )
-from weightport.storage.base import ByteSource, MemorySource, PathSource
+from weightport.storage.base import ByteSource, PathSource
 
 _NUMPY = {
     "F32": "<f4",

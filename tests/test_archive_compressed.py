@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from tests.byte_sources import MemorySource
 from weightport.archive import (
     ArchiveMember,
     ArchivePlan,
@@ -20,7 +21,6 @@ from weightport.archive import (
     compress_archive,
 )
 from weightport.errors import InvalidArgument, StorageError
-from weightport.storage.base import MemorySource
 
 MIB = 1024 * 1024
 _rng = random.Random(7)

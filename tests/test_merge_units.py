@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from tests.byte_sources import MemorySource
 from tests.merge_fixtures import adapter_files, bf16, memory_sources, safetensors_bytes
 from weightport.errors import InvalidArgument
 from weightport.merge.adapter import AdapterConfig, AdapterKey, Role, parse_adapter_key
@@ -24,7 +25,6 @@ from weightport.merge.tensor import (
     lora_product,
     merge_tensor,
 )
-from weightport.storage.base import MemorySource
 
 RNG = np.random.default_rng(20240611)
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.byte_sources import MemorySource
 from tests.merge_fixtures import (
     adapter_files,
     bf16,
@@ -24,7 +25,7 @@ from tests.merge_fixtures import (
 )
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.view import MergedShard, merged_files
-from weightport.storage.base import ByteSource, MemorySource
+from weightport.storage.base import ByteSource
 
 RNG = np.random.default_rng(7)
 P = "base_model.model."

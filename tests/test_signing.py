@@ -20,7 +20,6 @@ from weightport.signing import (
     UrlSigner,
     load_or_create_keyfile,
     parse_signing_keys,
-    utc_now,
 )
 
 NOW = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -228,7 +227,6 @@ def test_key_rotation() -> None:
     before = UrlSigner([OLD])
     url = signed(before)
     during = UrlSigner([NEW, OLD])
-    assert during.signing_kid == "new"
     assert during.verify("GET", PATH, url, now=NOW) == {}
     new_url = signed(during)
     assert new_url["X-Goog-Credential"] == "new"
@@ -401,6 +399,5 @@ def test_keyfile_that_is_damaged_names_the_file(tmp_path: Path) -> None:
 
 def test_keyfile_keys_sign_and_verify(tmp_path: Path) -> None:
     signer = UrlSigner(load_or_create_keyfile(tmp_path / "k"))
-    now = utc_now()
-    query = signer.sign("GET", PATH, expires_at=now + 60, now=now)
-    assert signer.verify("GET", PATH, query, now=now) == {}
+    query = signer.sign("GET", PATH, expires_at=NOW + 60, now=NOW)
+    assert signer.verify("GET", PATH, query, now=NOW) == {}

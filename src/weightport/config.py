@@ -11,7 +11,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,6 @@ class Settings:
     seed_demo: bool = False
     log_level: str = "info"
 
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -86,7 +84,7 @@ class Settings:
         return self
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -153,8 +151,3 @@ def load_settings(
     merged.update(given)
     values = {name: _coerce(name, raw) for name, raw in merged.items()}
     return Settings(**values).validate()
-
-
-def documented_settings() -> list[tuple[str, str, Any]]:
-    """(name, environment variable, default) for every setting, for docs and ``--help``."""
-    return [(n, ENV_PREFIX + n.upper(), f.default) for n, f in _FIELDS.items()]

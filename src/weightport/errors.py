@@ -10,7 +10,6 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     WeightportError                      500 INTERNAL
     ├── InvalidArgument                  400 INVALID_ARGUMENT
     │   ├── FailedPrecondition           400 FAILED_PRECONDITION
-    │   ├── MalformedRange               400 (a Range header we refuse to parse)
     │   └── PayloadTooLarge              413
     ├── RangeNotSatisfiable              416
     ├── Unauthenticated                  401 UNAUTHENTICATED
@@ -21,7 +20,6 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     ├── MethodNotAllowed                 405 UNIMPLEMENTED
     ├── AlreadyExists                    409 ALREADY_EXISTS
     ├── PreconditionFailed               412 (If-Match style precondition)
-    ├── Unavailable                      503 UNAVAILABLE
     └── StorageError                     500 INTERNAL / DATA_LOSS
 """
 
@@ -91,10 +89,6 @@ class FailedPrecondition(InvalidArgument):
         if not message.startswith("FAILED_PRECONDITION"):
             message = f"FAILED_PRECONDITION: {message}"
         super().__init__(message, param=param)
-
-
-class MalformedRange(InvalidArgument):
-    code = "malformed_range"
 
 
 class PayloadTooLarge(InvalidArgument):
@@ -170,12 +164,6 @@ class PreconditionFailed(WeightportError):
     together_type = "invalid_request_error"
     code = "precondition_failed"
     retryable = False
-
-
-class Unavailable(WeightportError):
-    status = 503
-    grpc = GrpcCode.UNAVAILABLE
-    code = "unavailable"
 
 
 class StorageError(WeightportError):

@@ -90,11 +90,6 @@ class SigningKey:
         return f"SigningKey(kid={self.kid!r}, secret=<{len(self.secret)} bytes>)"
 
 
-def utc_now() -> int:
-    """The current time as whole seconds since the epoch (what ``sign``/``verify`` take)."""
-    return int(time.time())
-
-
 def parse_signing_keys(spec: str) -> list[SigningKey]:
     """Parse ``"kid:secret,kid2:secret2"`` (the ``signing_keys`` setting).
 
@@ -202,11 +197,6 @@ class UrlSigner:
             by_kid[key.kid] = key.secret
         self._signing = keys[0]
         self._secrets = by_kid
-
-    @property
-    def signing_kid(self) -> str:
-        """The key id new URLs are signed with."""
-        return self._signing.kid
 
     def sign(
         self,

@@ -145,9 +145,3 @@ def add_checkpoint(
     job.updated_at = utcnow()
     session.flush()
     return checkpoint
-
-
-def set_status(session: Session, account_id: str, ft_id: str, status: str) -> None:
-    job = get_fine_tune(session, account_id, ft_id)
-    job.status = status
-    job.updated_at = utcnow()

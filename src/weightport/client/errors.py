@@ -150,7 +150,6 @@ _TABLE: tuple[_Row, ...] = (
         (
             "invalid_argument",
             "failed_precondition",
-            "malformed_range",
             "payload_too_large",
             "precondition_failed",
             "already_exists",

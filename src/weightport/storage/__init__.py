@@ -1,4 +1,4 @@
-"""Blob stores behind small protocols: local content-addressed files, S3."""
+"""Blob stores behind small protocols; ``storage.factory.open_store`` picks one by settings."""
 
 from weightport.storage.base import (
     BlobInfo,
@@ -7,9 +7,7 @@ from weightport.storage.base import (
     BlobUpload,
     ByteSource,
     LocalPaths,
-    MemorySource,
     PathSource,
-    Presigner,
 )
 
 __all__ = [
@@ -19,7 +17,5 @@ __all__ = [
     "BlobUpload",
     "ByteSource",
     "LocalPaths",
-    "MemorySource",
     "PathSource",
-    "Presigner",
 ]

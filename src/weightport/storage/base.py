@@ -1,11 +1,10 @@
 """Storage as small protocols (after obspec): one capability each.
 
 Every store implements :class:`BlobStore` (head, read, write, delete, list). Stores that
-can do more say so by also implementing a capability protocol:
+can do more say so by also implementing a capability protocol, checked with ``isinstance``
+against the protocol, never against a concrete store class:
 
-- :class:`LocalPaths` — the blob is a file on this machine (the server may ``sendfile`` it);
-- :class:`Presigner` — the store can hand out its own time-limited GET URLs (S3), which takes
-  weightport out of the data path.
+- :class:`LocalPaths` — the blob is a file on this machine (the server may ``sendfile`` it).
 
 Blobs are immutable and addressed by the lowercase hex sha256 of their bytes. Byte ranges
 inside the code are half-open ``[start, end)``.
@@ -101,13 +100,6 @@ class LocalPaths(Protocol):
     def local_path(self, key: str) -> Path: ...
 
 
-@runtime_checkable
-class Presigner(Protocol):
-    """Capability: the store signs its own time-limited GET URLs."""
-
-    def presign_get(self, key: str, *, expires_in: int, filename: str) -> str: ...
-
-
 class ByteSource(Protocol):
     """Random-access bytes of a known size: a stored blob, or a computed view (a merged shard).
 
@@ -155,20 +147,3 @@ class PathSource:
                 done += got
         finally:
             os.close(fd)
-
-
-@dataclass(frozen=True)
-class MemorySource:
-    """A :class:`ByteSource` over bytes in memory (small generated files, tests)."""
-
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        end = offset + len(buf)
-        if offset < 0 or end > len(self.data):
-            raise ValueError(f"read [{offset}, {end}) outside 0..{len(self.data)}")
-        buf[:] = self.data[offset:end]
