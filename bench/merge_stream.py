@@ -59,7 +59,7 @@ from bench.common import (
     write_results,
 )
 from bench.servers import WeightportServer
-from weightport.storage.base import PathSource
+from weightport.storage.files import PathSource
 
 NAME = "merge_stream"
 SPEEDUP_TARGET = 1.5

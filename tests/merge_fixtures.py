@@ -20,7 +20,8 @@ from weightport.merge.tensor import (
     storage_dtype,
     to_float32,
 )
-from weightport.storage.base import ByteSource, PathSource
+from weightport.storage.base import ByteSource
+from weightport.storage.files import PathSource
 
 _NUMPY = {
     "F32": "<f4",

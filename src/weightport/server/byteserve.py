@@ -48,8 +48,9 @@ from weightport.ranges import (
     parse_range,
     unsatisfied_content_range,
 )
-from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, FileSource, Segment
+from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, Segment
 from weightport.storage.base import BlobSource, BlobStore, ByteSource, LocalPaths
+from weightport.storage.files import FileSource
 
 __all__ = [
     "CHUNK_SIZE",

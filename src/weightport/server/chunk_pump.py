@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, TypeAlias
+from typing import TypeAlias
 
 from aiohttp import web
 
-from weightport.errors import StorageError
 from weightport.ranges import ByteRange
 from weightport.storage.base import ByteSource
 
@@ -29,25 +27,6 @@ CHUNK_SIZE = 1 << 20
 
 #: A literal run of response bytes (multipart boundaries) or a range of the entity.
 Segment: TypeAlias = bytes | ByteRange
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """A :class:`ByteSource` over an open file, for loops that cannot ``sendfile``."""
-
-    fobj: IO[bytes]
-    size: int
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        done = 0
-        while done < len(buf):
-            got = os.preadv(self.fobj.fileno(), [buf[done:]], offset + done)
-            if got == 0:
-                raise StorageError(f"stored file ended at byte {offset + done} of {self.size}")
-            done += got
-
-
-# ----------------------------------------------------------------------------- chunk pump
 
 
 class _BufferRing:

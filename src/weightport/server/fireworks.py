@@ -244,7 +244,8 @@ async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
         raise FailedPrecondition("config.json is missing from the store; upload it again")
     if info.size > 4 * 1024 * 1024:
         raise FailedPrecondition("config.json is larger than 4 MiB")
-    raw = await asyncio.to_thread(store.read_range, key, 0, info.size)
+    raw = bytearray(info.size)
+    await asyncio.to_thread(store.readinto, key, 0, memoryview(raw))
     try:
         config = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

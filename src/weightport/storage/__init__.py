@@ -7,8 +7,8 @@ from weightport.storage.base import (
     BlobUpload,
     ByteSource,
     LocalPaths,
-    PathSource,
 )
+from weightport.storage.files import PathSource
 
 __all__ = [
     "BlobInfo",

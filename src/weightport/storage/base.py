@@ -12,7 +12,6 @@ inside the code are half-open ``[start, end)``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +65,9 @@ class BlobStore(Protocol):
     def readinto(self, key: str, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` entirely with the blob's bytes starting at ``offset``.
 
-        Raises :class:`weightport.errors.StorageError` if the blob is shorter.
+        Raises :class:`weightport.errors.StorageError` if the blob is missing or shorter, or
+        the read fails; :class:`weightport.errors.InvalidArgument` for a negative offset.
         """
-        ...
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        """The bytes ``[start, end)`` of the blob."""
         ...
 
     def begin_upload(
@@ -124,26 +120,3 @@ class BlobSource:
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.store.readinto(self.key, offset, buf)
-
-
-@dataclass(frozen=True)
-class PathSource:
-    """A :class:`ByteSource` over a local file, read positionally (safe across threads)."""
-
-    path: Path
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            done = 0
-            while done < len(buf):
-                got = os.preadv(fd, [buf[done:]], offset + done)
-                if got <= 0:
-                    raise ValueError(f"{self.path} ends before byte {offset + len(buf)}")
-                done += got
-        finally:
-            os.close(fd)

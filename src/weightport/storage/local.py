@@ -31,6 +31,7 @@ from types import TracebackType
 
 from weightport.errors import InvalidArgument, StorageError
 from weightport.storage.base import BlobInfo
+from weightport.storage.files import read_exactly
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
 _TEMP_PREFIX = "upload-"
@@ -275,35 +276,14 @@ class LocalStore:
         ``offset + len(buf)`` (the catalog said those bytes exist: an internal error).
         """
         path = self.local_path(key)
-        if offset < 0:
-            raise InvalidArgument(f"negative read offset {offset}")
-        view = memoryview(buf).cast("B")
         try:
             entry = self._fds.acquire(key, path)
         except FileNotFoundError:
             raise StorageError(f"blob {key} is missing from the local store") from None
         try:
-            pos = 0
-            while pos < len(view):
-                got = os.preadv(entry.fd, [view[pos:]], offset + pos)
-                if got == 0:
-                    raise StorageError(
-                        f"blob {key} ends before byte {offset + len(view)} "
-                        f"(read stopped at {offset + pos})"
-                    )
-                pos += got
-        except OSError as exc:
-            raise StorageError(f"reading blob {key} failed: {exc.strerror}") from exc
+            read_exactly(entry.fd, offset, buf, name=f"blob {key}")
         finally:
             self._fds.release(entry)
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        """The bytes ``[start, end)`` of the blob; :class:`StorageError` past its end."""
-        if not 0 <= start <= end:
-            raise InvalidArgument(f"bad byte range [{start}, {end})")
-        buf = bytearray(end - start)
-        self.readinto(key, start, memoryview(buf))
-        return bytes(buf)
 
     def begin_upload(
         self, *, expected_sha256: str | None = None, expected_size: int | None = None
