@@ -2,7 +2,7 @@
 
 Weights are bf16 bit patterns of float32 normal values (std 0.02, like trained weights), so
 their exponent distribution — the only compressible part — is realistic: zstd level 1
-reaches a ratio of ≈ 1.28 on them, as on real bf16 checkpoints (DESIGN.md §4). The
+reaches a ratio of ≈ 1.28 on them, as measured on real bf16 checkpoints. The
 tokenizer is BPE-shaped JSON of about 10 MB made of pseudo-words, which compresses
 several-fold like a real ``tokenizer.json``.
 """

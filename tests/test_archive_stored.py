@@ -188,7 +188,8 @@ def _feed(command: list[str], source: ByteSource) -> subprocess.CompletedProcess
 
 
 def test_a_frame_over_128_mib_passes_every_decoder() -> None:
-    """DESIGN §4.2's trap: one 150 MiB frame must not declare a 150 MiB window."""
+    """The trap: one 150 MiB frame must not declare a 150 MiB window (decoders refuse
+    windows over 128 MiB)."""
     plan = ArchivePlan.build("big", [ArchiveMember("zeros.bin", ZeroSource(150 * MIB), "z")])
     archive = stored_archive(plan, frame_size=256 * MIB)
     assert archive.size > 128 * MIB + FRAME_HEADER_SIZE

@@ -85,7 +85,8 @@ class FailedPrecondition(InvalidArgument):
     code = "failed_precondition"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
-        # Fireworks callers poll on the literal string in the message (reference §3).
+        # Fireworks' documented upload loop polls validateUpload until the response text no
+        # longer contains "FAILED_PRECONDITION", so the string must be in the message.
         if not message.startswith("FAILED_PRECONDITION"):
             message = f"FAILED_PRECONDITION: {message}"
         super().__init__(message, param=param)

@@ -1,4 +1,4 @@
-"""The deterministic, random-access ``.tar.zst`` view of a set of files (DESIGN §4.2).
+"""The deterministic, random-access ``.tar.zst`` view of a set of files.
 
 Build an :class:`ArchivePlan` from a top folder name and members; then serve either
 

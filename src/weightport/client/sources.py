@@ -1,7 +1,7 @@
 """Where downloads come from: a Fireworks model's signed URLs, a Together fine-tune archive.
 
-Both speak to the public API shapes (``reference/``), so they work against weightport and
-against the original services. Credentials resolve as: explicit argument, then
+Both speak the public APIs' own request and response shapes, so they work against
+weightport and against the original services. Credentials resolve as: explicit argument, then
 ``WEIGHTPORT_*``, then the service's own variables (``FIREWORKS_*`` / ``TOGETHER_*``), then
 the service's public default base URL.
 """
@@ -23,7 +23,7 @@ Service = Literal["fireworks", "together"]
 
 _DEFAULT_BASE = {"fireworks": "https://api.fireworks.ai", "together": "https://api.together.ai"}
 _ENV_PREFIX = {"fireworks": "FIREWORKS_", "together": "TOGETHER_"}
-# RFC 3986 segment characters the official Fireworks client leaves unescaped (reference §2.2).
+# RFC 3986 segment characters the official Fireworks client leaves unescaped in paths.
 _SEGMENT_SAFE = ":@!$&'()*+,;="
 _CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
 

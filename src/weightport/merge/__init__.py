@@ -1,4 +1,4 @@
-"""Merged LoRA checkpoints as a streaming, random-access view (DESIGN §4.3).
+"""Merged LoRA checkpoints as a streaming, random-access view.
 
 ``merged_files(base, adapter)`` turns a base model's files and a PEFT LoRA adapter's files
 into the files of the merged model, computed on the fly and bit-identical to peft's

@@ -1,6 +1,6 @@
 """Which archive a Together download asks for, and its plan: a pure function of the catalog.
 
-``checkpoint`` / ``checkpoint_step`` follow the Together reference (§3.1): ``merged`` and
+``checkpoint`` / ``checkpoint_step`` take the values the Together clients send: ``merged`` and
 ``adapter`` for LoRA jobs, ``model_output_path`` for the final output (a LoRA job's is its
 merged model), ``default``/``model`` leniently; a step overrides and must exist.
 """
