@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.fw_helpers import FireworksApi
+from tests.raw_http import exchange, request_head
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +141,73 @@ def test_together_checkpoint_parameters(live_server: LiveServer) -> None:
     for lenient in ("&checkpoint=default", "&checkpoint=model_output_path", "&checkpoint=model"):
         response = httpx.get(base + lenient, headers={**headers, "Range": "bytes=0-1"})
         assert response.status_code == 206, lenient
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"modelId": "deep", "model": {"x": ' + b"[" * 200 + b"]" * 200 + b"}}", "nested"),
+        (b'{"modelId": "nan", "model": {"contextLength": NaN}}', "NaN"),
+        (b'{"modelId": "inf", "model": {"contextLength": -Infinity}}', "Infinity"),
+        (b'{"modelId": "huge", "model": {"contextLength": 1e999}}', "not finite"),
+        (b'{"modelId": "sur", "model": {"displayName": "\\ud800"}}', "surrogate"),
+        (b'{"modelId": "\\udfff"}', "surrogate"),
+        (b'{"modelId": "key", "model": {"\\ud83d": 1}}', "surrogate"),
+        (b'{"modelId": "bytes", "model": {"displayName": "\xff\xfe"}}', "malformed JSON"),
+    ],
+)
+def test_json_bodies_no_store_can_hold(api: FireworksApi, body: bytes, words: str) -> None:
+    response = api.http.post(api.base, content=body, headers={"Content-Type": "application/json"})
+    assert words in str(assert_status_envelope(response, 400)["message"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pageToken=99999999999999999999999",
+        "pageToken=9223372036854775808",
+        "pageToken=-1",
+        "pageToken=" + "9" * 5000,
+        "pageSize=" + "9" * 5000,
+        "pageSize=-99999999999999999999999",
+    ],
+)
+def test_list_parameters_out_of_range(api: FireworksApi, query: str) -> None:
+    assert_status_envelope(api.http.get(f"{api.base}?{query}"), 400)
+
+
+def test_huge_page_size_is_capped(api: FireworksApi) -> None:
+    response = api.http.get(f"{api.base}?pageSize=99999999999999999999999")
+    assert response.status_code == 200, response.text
+
+
+def test_undecodable_api_key_is_401(live_server: LiveServer) -> None:
+    head = request_head("GET", "/v1/accounts/admin/models", {"Authorization": "Bearer KEY"})
+    response = exchange(live_server.port, [head.replace(b"KEY", b"wp_\xff\xfe_\x80")])
+    assert response.status == 401
+    assert response.json()["code"] == 16
+
+
+def test_deeply_nested_config_json_is_a_precondition_failure(api: FireworksApi) -> None:
+    assert api.create("deepconfig", kind="HF_BASE_MODEL").status_code == 200
+    config = b"[" * 100_000 + b"]" * 100_000
+    urls = api.upload_urls("deepconfig", {"config.json": len(config)})
+    assert httpx.put(urls["config.json"], content=config).status_code == 200
+    body = assert_status_envelope(api.validate("deepconfig"), 400)
+    assert "config.json" in str(body["message"])
+
+
+def test_checkpoint_step_beyond_the_catalog_range(api: FireworksApi) -> None:
+    key = str(api.http.headers["Authorization"])
+    response = httpx.post(
+        api.base.split("/v1/")[0] + "/weightport/v1/fine-tunes",
+        headers={"Authorization": key},
+        json={
+            "base_model": "target",
+            "training_type": "Full",
+            "checkpoints": [{"step": 10**23, "kind": "final", "model": "target"}],
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "step" in response.json()["error"]["message"]

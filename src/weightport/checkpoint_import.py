@@ -73,7 +73,7 @@ def check_checkpoint(base: Mapping[str, BlobSource], spec: CheckpointSpec) -> No
         raise InvalidArgument("a full-weights checkpoint needs config.json")
     try:
         json.loads(_read_small(spec.files["config.json"], "config.json"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"config.json is not valid JSON: {exc}") from None
     mine, theirs = _tensor_shapes(spec.files), _tensor_shapes(base)
     if not mine:

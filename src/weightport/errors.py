@@ -19,8 +19,12 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     ├── NotFound (also LookupError)      404 NOT_FOUND
     ├── MethodNotAllowed                 405 UNIMPLEMENTED
     ├── AlreadyExists                    409 ALREADY_EXISTS
+    ├── Aborted                          409 ABORTED (a concurrent change won; retry)
     ├── PreconditionFailed               412 (If-Match style precondition)
+    ├── Unavailable                      503 UNAVAILABLE
+    ├── HttpVersionNotSupported          505 UNIMPLEMENTED
     └── StorageError                     500 INTERNAL / DATA_LOSS
+        └── InsufficientStorage          507 RESOURCE_EXHAUSTED (disk full)
 """
 
 from __future__ import annotations
@@ -159,6 +163,15 @@ class AlreadyExists(WeightportError):
     retryable = False
 
 
+class Aborted(WeightportError):
+    """A concurrent change to the same resource won; the same request may succeed now."""
+
+    status = 409
+    grpc = GrpcCode.ABORTED
+    together_type = "invalid_request_error"
+    code = "aborted"
+
+
 class PreconditionFailed(WeightportError):
     status = 412
     grpc = GrpcCode.FAILED_PRECONDITION
@@ -167,7 +180,33 @@ class PreconditionFailed(WeightportError):
     retryable = False
 
 
+class Unavailable(WeightportError):
+    status = 503
+    grpc = GrpcCode.UNAVAILABLE
+    code = "unavailable"
+
+
+class HttpVersionNotSupported(WeightportError):
+    status = 505
+    grpc = GrpcCode.UNIMPLEMENTED
+    together_type = "invalid_request_error"
+    code = "http_version_not_supported"
+    retryable = False
+
+
 class StorageError(WeightportError):
     """The blob store failed or holds bytes that do not match their address."""
 
     code = "storage_error"
+
+
+class InsufficientStorage(StorageError):
+    """The disk (blob store or catalog) is full: nothing was written; free space and retry.
+
+    Not retried automatically: an immediate retry meets the same full disk.
+    """
+
+    status = 507
+    grpc = GrpcCode.RESOURCE_EXHAUSTED
+    code = "insufficient_storage"
+    retryable = False

@@ -82,6 +82,10 @@ def authenticate(session: Session, secret: str) -> str:
     """
     if not secret:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
+    if not secret.isascii():
+        # Keys are ASCII; other bytes in the header cannot match one (and cannot be hashed
+        # as text when they arrive undecodable).
+        raise Unauthenticated("the API key you provided is invalid or revoked")
     key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
     if key is None or key.revoked_at is not None:
         raise Unauthenticated("the API key you provided is invalid or revoked")

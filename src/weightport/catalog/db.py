@@ -10,7 +10,10 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+from weightport.catalog.db_errors import translate
 
 T = TypeVar("T")
 
@@ -68,9 +71,19 @@ class Catalog:
         return self._sessions()
 
     def call(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn`` in one transaction: commit if it returns, roll back if it raises."""
-        with self._sessions.begin() as session:
-            return fn(session)
+        """Run ``fn`` in one transaction: commit if it returns, roll back if it raises.
+
+        Ordinary database conditions (a constraint a concurrent request won, a full disk, a
+        busy database) leave as the matching :class:`~weightport.errors.WeightportError`.
+        """
+        try:
+            with self._sessions.begin() as session:
+                return fn(session)
+        except DBAPIError as exc:
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def run(self, fn: Callable[[Session], T]) -> T:
         """:meth:`call` in a worker thread, for async code."""

@@ -21,6 +21,8 @@ from weightport.paths import validate_relative_path
 
 LORA, FULL = "Lora", "Full"
 INTERMEDIATE, FINAL = "intermediate", "final"
+#: Steps are stored as 32-bit integers on every backend.
+MAX_STEP = 2**31 - 1
 ADAPTER, MODEL = "adapter", "model"
 FT_ID = re.compile(r"^ft-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?$")
@@ -34,6 +36,15 @@ class FileRef:
     path: str
     size: int
     sha256: str
+
+
+def validate_step(step: object) -> int:
+    """``step`` if it is an integer a checkpoint can have, else :class:`InvalidArgument`."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise InvalidArgument(
+            f"checkpoint step must be an integer from 0 to {MAX_STEP}, not {step!r}", param="step"
+        )
+    return step
 
 
 def new_id() -> str:
@@ -115,8 +126,7 @@ def add_checkpoint(
 ) -> Checkpoint:
     """Attach a checkpoint; a final checkpoint completes the job."""
     job = get_fine_tune(session, account_id, ft_id)
-    if step < 0:
-        raise InvalidArgument("step must not be negative")
+    validate_step(step)
     if kind not in (INTERMEDIATE, FINAL):
         raise InvalidArgument(f"checkpoint kind must be {INTERMEDIATE} or {FINAL}")
     if any(c.step == step for c in job.checkpoints):

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from weightport.catalog.schema import Model, ModelFile, utcnow
+from weightport.catalog.db_errors import Violation, violation
+from weightport.catalog.schema import FineTune, Model, ModelFile, utcnow
 from weightport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from weightport.paths import validate_relative_path
 
@@ -33,6 +35,7 @@ KINDS = frozenset(
 )
 UPLOADING, READY = "UPLOADING", "READY"
 MAX_FILES = 10_000
+MAX_OFFSET = 2**63 - 1
 
 #: Model fields the catalog stores in their own columns; everything else goes to ``extra``.
 COLUMN_FIELDS = {
@@ -122,7 +125,15 @@ def create_model(
     model = Model(account_id=account_id, model_id=model_id, state=UPLOADING, extra={})
     _apply_fields(model, fields)
     session.add(model)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # Two creates of one id both passed the check above: the unique constraint decides.
+        if violation(exc) is not Violation.UNIQUE:
+            raise
+        raise AlreadyExists(
+            f'model "{resource_name(account_id, model_id)}" already exists'
+        ) from None
     return model
 
 
@@ -137,12 +148,41 @@ def update_model(
 
 
 def delete_model(session: Session, account_id: str, model_id: str) -> list[str]:
-    """Delete a model; returns the blob keys it referenced (the caller may collect them)."""
+    """Delete a model; returns the blob keys it referenced (the caller may collect them).
+
+    A model that fine-tunes use as their base cannot be deleted (FAILED_PRECONDITION naming
+    them): their merged downloads are computed from it. Checkpoints registered from a model
+    keep their own references to its blobs, so deleting that model does not affect them.
+    """
     model = get_model(session, account_id, model_id)
+    _refuse_if_base_model(session, model)
     keys = [f.sha256 for f in model.files if f.sha256]
     session.delete(model)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # A fine-tune registered on this model between the check and the delete.
+        if violation(exc) is not Violation.FOREIGN_KEY:
+            raise
+        raise FailedPrecondition(
+            f'model "{resource_name(account_id, model_id)}" became the base model of a '
+            "fine-tune while it was being deleted, so it was kept"
+        ) from None
     return keys
+
+
+def _refuse_if_base_model(session: Session, model: Model) -> None:
+    users = list(
+        session.scalars(
+            select(FineTune.id).where(FineTune.base_model_pk == model.pk).order_by(FineTune.id)
+        )
+    )
+    if users:
+        shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+        raise FailedPrecondition(
+            f'model "{resource_name(model.account_id, model.model_id)}" is the base model of '
+            f"fine-tune(s) {shown}, which depend on it; it cannot be deleted while they exist"
+        )
 
 
 @dataclass(frozen=True)
@@ -204,7 +244,9 @@ def list_models(
         offset = int(page_token) if page_token else 0
     except ValueError:
         raise InvalidArgument(f"invalid pageToken {page_token!r}") from None
-    if offset < 0:
+    # Tokens are offsets this server handed out: anything past a 63-bit integer (which the
+    # database could not even bind) is not one.
+    if not 0 <= offset <= MAX_OFFSET:
         raise InvalidArgument(f"invalid pageToken {page_token!r}")
     base = _parse_filter(select(Model).where(Model.account_id == account_id), filter_text)
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0

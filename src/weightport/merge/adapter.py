@@ -110,7 +110,7 @@ class AdapterConfig:
         """Parse and check ``adapter_config.json``; refuse anything but plain LoRA."""
         try:
             doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidArgument(f"{ADAPTER_CONFIG_FILE} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise InvalidArgument(f"{ADAPTER_CONFIG_FILE} must be a JSON object")

@@ -274,7 +274,7 @@ def _check_index(data: bytes, located: Mapping[str, tuple[str, TensorInfo]]) -> 
         index = json.loads(data)
         weight_map = index["weight_map"]
         items = list(weight_map.items())
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidArgument(f"{INDEX_FILE} has no valid weight_map") from exc
     for name, path in items:
         entry = located.get(name)

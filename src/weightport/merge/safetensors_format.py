@@ -142,7 +142,7 @@ def parse_header(
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"{what}: header is not UTF-8") from exc
-    except (json.JSONDecodeError, _DuplicateKey) as exc:
+    except (json.JSONDecodeError, _DuplicateKey, RecursionError) as exc:
         raise InvalidArgument(f"{what}: header is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{what}: header is not a JSON object")

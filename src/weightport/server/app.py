@@ -42,6 +42,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except WeightportError as exc:
+        if exc.status >= 500:
+            # A server-side condition (disk full, busy database): one line for the operator.
+            log.warning("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
         return error_response(exc, dialect)
     except web.HTTPException as exc:
         translated = _translate_http(exc)

@@ -54,9 +54,8 @@ def queue_prebuilds(ctx: ServerContext, job: FineTune) -> int:
 def _spec(ctx: ServerContext, account: str, entry: Any) -> CheckpointSpec:
     if not isinstance(entry, dict):
         raise InvalidArgument("each checkpoint must be an object {step, kind, model}")
-    step, kind, model_id = entry.get("step"), entry.get("kind", "intermediate"), entry.get("model")
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise InvalidArgument("checkpoint step must be an integer", param="step")
+    step = finetunes.validate_step(entry.get("step"))
+    kind, model_id = entry.get("kind", "intermediate"), entry.get("model")
     if not isinstance(model_id, str):
         raise InvalidArgument("checkpoint model must be a model id", param="model")
     if kind not in (finetunes.INTERMEDIATE, finetunes.FINAL):

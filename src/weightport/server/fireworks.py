@@ -248,7 +248,7 @@ async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
     await asyncio.to_thread(store.readinto, key, 0, memoryview(raw))
     try:
         config = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FailedPrecondition(f"config.json is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise FailedPrecondition("config.json must be a JSON object")

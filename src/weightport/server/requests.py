@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -24,22 +25,91 @@ async def authenticated_account(request: web.Request) -> str:
     return await ctx.catalog.run(lambda s: accounts.authenticate(s, secret.strip()))
 
 
-async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    """The request's JSON object body, size-limited; clear 400/413 errors otherwise."""
-    limit = context_of(request).settings.max_json_body
+#: Deepest JSON nesting accepted in a request body. No API body nests beyond ~5 levels; the
+#: bound keeps recursive code (json.dumps when storing, rendering) far from Python's limit.
+MAX_JSON_DEPTH = 64
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, up to ``limit`` bytes; :class:`PayloadTooLarge` beyond.
+
+    Reads until EOF: ``StreamReader.read(n)`` returns as soon as *some* bytes have arrived,
+    so one call truncates any body that comes in more than one TCP segment.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    parts: list[bytes] = []
+    received = 0
+    while chunk := await request.content.read(limit + 1 - received):
+        parts.append(chunk)
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return b"".join(parts)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a JSON document strictly: UTF-8, bounded depth, finite numbers, no lone
+    surrogates — what every store and every client's JSON parser can take back."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(
+            f"JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+        ) from None
+    _check_json_value(data)
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); echoing them back would break clients.
+    raise InvalidArgument(f"malformed JSON body: {name} is not a JSON number")
+
+
+def _check_json_value(data: Any) -> None:
+    # Iterative, so the check itself cannot hit the recursion limit.
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            _check_text(value)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument("malformed JSON body: a number is too large (not finite)")
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidArgument(
+                f"JSON body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                pending.append((item, depth + 1))
+        else:
+            pending.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 store can hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            "JSON body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff escape)"
+        ) from None
+
+
+async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object body, size-limited; clear 400/413 errors otherwise."""
+    raw = await read_body(request, context_of(request).settings.max_json_body)
     if not raw.strip():
         if required:
             raise InvalidArgument("request body must be a JSON object")
         return {}
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"malformed JSON body: {exc}") from None
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object")
     return data

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from weightport.errors import InvalidArgument, StorageError
+from weightport.errors import InsufficientStorage, InvalidArgument, StorageError
 from weightport.storage.base import BlobInfo
 from weightport.storage.files import read_exactly
 
@@ -43,6 +43,13 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise InvalidArgument(f"not a blob key (64 lowercase hex digits): {key!r}")
     return key
+
+
+def _write_failure(what: str, exc: OSError) -> StorageError:
+    """The error for a failed write: :class:`InsufficientStorage` when the disk is full."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"{what}: the blob store's disk is full; nothing was stored")
+    return StorageError(f"{what}: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,7 +158,10 @@ class LocalUpload:
         self._aborted = False
         self.temp_path = store.root / "tmp" / f"{_TEMP_PREFIX}{secrets.token_hex(12)}{_TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        self._fd = os.open(self.temp_path, flags, 0o600)
+        try:
+            self._fd = os.open(self.temp_path, flags, 0o600)
+        except OSError as exc:
+            raise _write_failure("starting upload failed", exc) from exc
 
     @property
     def written(self) -> int:
@@ -172,7 +182,7 @@ class LocalUpload:
                 pos += os.write(self._fd, view[pos:])
         except OSError as exc:
             self.abort()
-            raise StorageError(f"writing upload failed: {exc.strerror}") from exc
+            raise _write_failure("writing upload failed", exc) from exc
         self._written += len(view)
 
     def commit(self) -> BlobInfo:
@@ -200,14 +210,14 @@ class LocalUpload:
             os.fchmod(self._fd, 0o644)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"flushing upload failed: {exc.strerror}") from exc
+            raise _write_failure("flushing upload failed", exc) from exc
         os.close(self._fd)
         self._fd = -1
         try:
             self._store._install(self.temp_path, key, self._written)
         except OSError as exc:
             self.abort()
-            raise StorageError(f"storing blob {key} failed: {exc.strerror}") from exc
+            raise _write_failure(f"storing blob {key} failed", exc) from exc
         self._result = BlobInfo(key=key, size=self._written)
         return self._result
 
