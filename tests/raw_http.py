@@ -40,25 +40,44 @@ def request_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def parse_response(raw: bytes) -> RawResponse:
-    """Split what a server sent on one connection into interim and final responses."""
-    interim: list[str] = []
-    while True:
-        head, sep, rest = raw.partition(b"\r\n\r\n")
-        if not sep:
-            raise AssertionError(f"incomplete response: {raw[:200]!r}")
+class ResponseReader:
+    """Reads responses off one connection as they come (interim 1xx ones included)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed mid-response after {self.buffer[:200]!r}")
+        self.buffer += chunk
+
+    def next_head(self) -> tuple[str, dict[str, str]]:
+        """The next status line and headers (interim or final)."""
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")
-        if status_line.split()[1].startswith("1"):
-            interim.append(status_line)
-            raw = rest
-            continue
         headers = {}
         for line in lines:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        length = headers.get("content-length")
-        body = rest[: int(length)] if length is not None else rest
-        return RawResponse(interim, status_line, headers, body)
+        return status_line, headers
+
+    def response(self) -> RawResponse:
+        """The next final response, with the interim ones before it."""
+        interim: list[str] = []
+        while True:
+            status_line, headers = self.next_head()
+            if status_line.split()[1].startswith("1"):
+                interim.append(status_line)
+                continue
+            length = int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                self._fill()
+            body, self.buffer = self.buffer[:length], self.buffer[length:]
+            return RawResponse(interim, status_line, headers, body)
 
 
 def connect(port: int) -> socket.socket:
@@ -67,14 +86,6 @@ def connect(port: int) -> socket.socket:
     # One segment per sendall, so a pause between pieces really splits the body.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes (requests here say ``Connection: close``)."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def exchange(port: int, pieces: Sequence[bytes], *, pause_s: float = 0.0) -> RawResponse:
@@ -87,4 +98,4 @@ def exchange(port: int, pieces: Sequence[bytes], *, pause_s: float = 0.0) -> Raw
                 sock.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break  # the server answered early and stopped reading; read what it said
-        return parse_response(read_all(sock))
+        return ResponseReader(sock).response()

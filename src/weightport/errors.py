@@ -10,7 +10,8 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     WeightportError                      500 INTERNAL
     ├── InvalidArgument                  400 INVALID_ARGUMENT
     │   ├── FailedPrecondition           400 FAILED_PRECONDITION
-    │   └── PayloadTooLarge              413
+    │   ├── PayloadTooLarge              413
+    │   └── ExpectationFailed            417 (an Expect header other than 100-continue)
     ├── RangeNotSatisfiable              416
     ├── Unauthenticated                  401 UNAUTHENTICATED
     ├── PermissionDenied                 403 PERMISSION_DENIED
@@ -99,6 +100,11 @@ class FailedPrecondition(InvalidArgument):
 class PayloadTooLarge(InvalidArgument):
     status = 413
     code = "payload_too_large"
+
+
+class ExpectationFailed(InvalidArgument):
+    status = 417
+    code = "expectation_failed"
 
 
 class RangeNotSatisfiable(WeightportError):

@@ -16,6 +16,7 @@ from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Weigh
 from weightport.server import blobs, finetune_admin, fireworks, together
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
+from weightport.server.protocol import http_version_middleware, install_malformed_request_log
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
 from weightport.storage.factory import open_store
@@ -87,7 +88,10 @@ def _prebuild_all(ctx: ServerContext) -> None:
 
 
 def create_app(ctx: ServerContext) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024**2 * 4)
+    install_malformed_request_log()
+    app = web.Application(
+        middlewares=[http_version_middleware, error_middleware], client_max_size=1024**2 * 4
+    )
     app[CONTEXT] = ctx
     fireworks.add_routes(app)
     blobs.add_routes(app)

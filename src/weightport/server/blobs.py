@@ -19,6 +19,7 @@ from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, Sig
 from weightport.paths import validate_relative_path
 from weightport.server.byteserve import Entity, blob_body, serve_entity
 from weightport.server.context import ServerContext, context_of
+from weightport.server.protocol import defer_continue, send_continue
 
 PREFIX = "/files"
 UPLOAD_BUFFER = 1 << 20
@@ -99,6 +100,7 @@ async def upload(request: web.Request) -> web.Response:
     except (KeyError, ValueError):
         raise SignatureInvalid("this URL is not an upload URL") from None
     _check_declared_length(request, size)
+    await send_continue(request)
 
     upload = ctx.store.begin_upload()
     try:
@@ -144,4 +146,4 @@ def _check_declared_length(request: web.Request, size: int) -> None:
 def add_routes(app: web.Application) -> None:
     route = PREFIX + "/{account}/{model}/{path:.+}"
     app.router.add_get(route, download, allow_head=True)
-    app.router.add_put(route, upload)
+    app.router.add_put(route, upload, expect_handler=defer_continue)
