@@ -91,6 +91,7 @@ def test_every_server_error_code_maps_to_its_status() -> None:
         412: BadRequest,
         413: BadRequest,
         416: RangeNotSatisfiable,
+        417: BadRequest,
     }
     classes = [server_errors.WeightportError]
     while classes:

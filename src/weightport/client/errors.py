@@ -145,7 +145,7 @@ _TABLE: tuple[_Row, ...] = (
     _Row(SignedUrlRejected, (), (), ("signature_invalid", "signature_expired", "url_expired")),
     _Row(
         BadRequest,
-        (400, 405, 409, 412, 413, 422),
+        (400, 405, 409, 412, 413, 417, 422),
         (3, 9, 11),
         (
             "invalid_argument",
@@ -162,7 +162,12 @@ _TABLE: tuple[_Row, ...] = (
     _Row(NotFound, (404,), (5,), ("not_found",)),
     _Row(RangeNotSatisfiable, (416,), (), ("range_not_satisfiable",)),
     _Row(RateLimited, (429,), (8,), ("rate_limited", "rate_limit_exceeded")),
-    _Row(ServerError, (500, 501, 502, 503, 504), (2, 4, 12, 13, 14, 15), ("internal",)),
+    _Row(
+        ServerError,
+        (500, 501, 502, 503, 504, 505, 507),
+        (2, 4, 12, 13, 14, 15),
+        ("internal", "insufficient_storage"),
+    ),
 )
 
 
