@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from tests.seaweedfs import SeaweedFS, running_seaweedfs
+from tests.stacks import STACKS, stack_env
 from weightport import demo
 from weightport.catalog import accounts, finetunes
 from weightport.catalog.db import Catalog
@@ -88,7 +90,8 @@ class LiveServer:
         self.start()
 
     def catalog(self) -> Catalog:
-        return Catalog.open(f"sqlite:///{self.data_dir / 'catalog.sqlite3'}", upgrade=False)
+        url = self.extra_env.get("WEIGHTPORT_DATABASE_URL")
+        return Catalog.open(url or f"sqlite:///{self.data_dir / 'catalog.sqlite3'}", upgrade=False)
 
     def new_account(self, account_id: str) -> str:
         """Create an account (if new) and return a fresh API key for it."""
@@ -112,16 +115,47 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def demo_job(live_server: LiveServer) -> str:
-    """The id of the demo LoRA fine-tune seeded into the live server's admin account."""
-    catalog = live_server.catalog()
+def demo_job_of(server: LiveServer) -> str:
+    """The id of the demo LoRA fine-tune seeded into a server's admin account."""
+    catalog = server.catalog()
     try:
         jobs = catalog.call(lambda s: finetunes.list_fine_tunes(s, "admin"))
     finally:
         catalog.close()
     (job,) = [j for j in jobs if j.suffix == demo.DEMO_SUFFIX]
     return job.id
+
+
+@pytest.fixture(scope="session")
+def demo_job(live_server: LiveServer) -> str:
+    """The id of the demo LoRA fine-tune seeded into the live server's admin account."""
+    return demo_job_of(live_server)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS S3 server for the session (its own free ports), stopped at the end."""
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=STACKS)
+def stack_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A demo-seeded server per stack (see ``tests/stacks.py``): suites that use it run on
+    every stack."""
+    env = stack_env(request.param, request)
+    server = LiveServer(tmp_path_factory.mktemp(f"stack-{request.param}") / "data", extra_env=env)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_demo_job(stack_server: LiveServer) -> str:
+    """The demo LoRA fine-tune of ``stack_server``."""
+    return demo_job_of(stack_server)
 
 
 @pytest.fixture

@@ -26,9 +26,9 @@ def model_files() -> dict[str, bytes]:
 
 
 @pytest.fixture
-def account(live_server: LiveServer) -> Iterator[tuple[str, str]]:
+def account(stack_server: LiveServer) -> Iterator[tuple[str, str]]:
     name = f"fw-{secrets.token_hex(4)}"
-    yield name, live_server.new_account(name)
+    yield name, stack_server.new_account(name)
 
 
 def upload(urls: dict[str, str], files: dict[str, bytes]) -> None:
@@ -47,9 +47,9 @@ def upload(urls: dict[str, str], files: dict[str, bytes]) -> None:
         assert response.content == b""
 
 
-def test_sync_client_full_lifecycle(live_server: LiveServer, account: tuple[str, str]) -> None:
+def test_sync_client_full_lifecycle(stack_server: LiveServer, account: tuple[str, str]) -> None:
     name, key = account
-    client = Fireworks(api_key=key, account_id=name, base_url=live_server.base_url)
+    client = Fireworks(api_key=key, account_id=name, base_url=stack_server.base_url)
     files = model_files()
     created = client.models.create(
         model_id="my-model",
@@ -113,12 +113,12 @@ def test_sync_client_full_lifecycle(live_server: LiveServer, account: tuple[str,
         client.models.get("my-model")
 
 
-def test_create_conflict_is_not_retried(live_server: LiveServer, account: tuple[str, str]) -> None:
+def test_create_conflict_is_not_retried(stack_server: LiveServer, account: tuple[str, str]) -> None:
     name, key = account
     attempts: list[str] = []
     http = httpx.Client(event_hooks={"request": [lambda r: attempts.append(r.method)]})
     with Fireworks(
-        api_key=key, account_id=name, base_url=live_server.base_url, http_client=http
+        api_key=key, account_id=name, base_url=stack_server.base_url, http_client=http
     ) as client:
         client.models.create(model_id="twice")
         attempts.clear()
@@ -128,10 +128,10 @@ def test_create_conflict_is_not_retried(live_server: LiveServer, account: tuple[
 
 
 def test_list_pagination_filter_and_order(
-    live_server: LiveServer, account: tuple[str, str]
+    stack_server: LiveServer, account: tuple[str, str]
 ) -> None:
     name, key = account
-    client = Fireworks(api_key=key, account_id=name, base_url=live_server.base_url)
+    client = Fireworks(api_key=key, account_id=name, base_url=stack_server.base_url)
     for i in range(5):
         client.models.create(model_id=f"m{i}", model={"display_name": f"Model {i}"})
     page = client.models.list(page_size=2, order_by="name desc")
@@ -148,12 +148,12 @@ def test_list_pagination_filter_and_order(
         client.models.list(order_by="nonsense")
 
 
-def test_async_client_lifecycle(live_server: LiveServer, account: tuple[str, str]) -> None:
+def test_async_client_lifecycle(stack_server: LiveServer, account: tuple[str, str]) -> None:
     name, key = account
     files = model_files()
 
     async def run() -> None:
-        client = AsyncFireworks(api_key=key, account_id=name, base_url=live_server.base_url)
+        client = AsyncFireworks(api_key=key, account_id=name, base_url=stack_server.base_url)
         await client.models.create(model_id="async-model", model={"kind": "HF_BASE_MODEL"})
         sizes = {p: str(len(d)) for p, d in files.items()}
         endpoint = await client.models.get_upload_endpoint("async-model", filename_to_size=sizes)
@@ -170,8 +170,8 @@ def test_async_client_lifecycle(live_server: LiveServer, account: tuple[str, str
     asyncio.run(run())
 
 
-def test_bad_key_is_401_in_the_status_envelope(live_server: LiveServer) -> None:
-    client = Fireworks(api_key="wp_nope", account_id="admin", base_url=live_server.base_url)
+def test_bad_key_is_401_in_the_status_envelope(stack_server: LiveServer) -> None:
+    client = Fireworks(api_key="wp_nope", account_id="admin", base_url=stack_server.base_url)
     with pytest.raises(fireworks.AuthenticationError) as excinfo:
         client.models.list()
     assert excinfo.value.status_code == 401

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import LiveServer, free_port
+from tests.seaweedfs import SeaweedFS
 from tests.storage_conformance import PAYLOAD, put
 from weightport import demo
 from weightport.config import Settings, load_settings
@@ -71,7 +74,8 @@ def test_relative_path_is_relative_to_the_working_directory(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("s3://bucket/prefix", "the S3 store is not built in this version"),
+        ("s3://", "expected s3://BUCKET/PREFIX"),
+        ("s3://bucket/../up", "'.' and '..' are not allowed"),
         ("gs://bucket/prefix", "unsupported scheme 'gs'"),
         ("https://example.com/blobs", "unsupported scheme 'https'"),
         ("file://otherhost/srv/blobs", "file:///absolute/path"),
@@ -106,28 +110,55 @@ def run_weightport(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("command", ["serve", "import"])
-def test_s3_url_stops_commands_with_one_line(tmp_path: Path, command: str) -> None:
+def test_bad_s3_url_stops_commands_with_one_line(tmp_path: Path, command: str) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
     args = {
         "serve": ["serve", "--port", str(free_port()), *data],
         "import": ["finetunes", "import", "--base-model", "m", "--final", f"1={tmp_path}", *data],
     }[command]
-    result = run_weightport(*args, env={"WEIGHTPORT_STORAGE_URL": "s3://bucket/prefix"})
+    result = run_weightport(*args, env={"WEIGHTPORT_STORAGE_URL": "s3:///no-bucket"})
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: storage_url 's3://bucket")
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: storage_url 's3:///no-bucket")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data" / "catalog.sqlite3").exists()  # refused before any migration
 
 
+@pytest.mark.parametrize("kind", ["file", "s3"])
 def test_server_and_cli_use_the_configured_store(
-    server_factory: Callable[..., LiveServer], tmp_path: Path
+    server_factory: Callable[..., LiveServer],
+    tmp_path: Path,
+    kind: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     root = tmp_path / "shared-blobs"
-    env = {"WEIGHTPORT_STORAGE_URL": root.as_uri()}
+    if kind == "file":
+        env = {"WEIGHTPORT_STORAGE_URL": root.as_uri()}
+
+        def stored_bytes(key: str) -> bytes | None:
+            path = blob_file(root, key)
+            return path.read_bytes() if path.exists() else None
+
+    else:
+        weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+        prefix = f"factory-{secrets.token_hex(4)}/"
+        env = {
+            **weed.env(),
+            "WEIGHTPORT_STORAGE_URL": f"s3://{weed.bucket}/{prefix}",
+            "WEIGHTPORT_S3_ENDPOINT": weed.endpoint,
+        }
+
+        def stored_bytes(key: str) -> bytes | None:
+            client: Any = weed.client()
+            try:
+                got = client.get_object(Bucket=weed.bucket, Key=f"{prefix}blobs/{key}")
+            except client.exceptions.NoSuchKey:
+                return None
+            return bytes(got["Body"].read())
+
     server = server_factory(tmp_path / "data", extra_env=env).start()  # seeds the demo
     assert not (server.data_dir / "store").exists()
     weights = demo.demo_base_files()["model.safetensors"]
-    assert blob_file(root, sha(weights)).read_bytes() == weights
+    assert stored_bytes(sha(weights)) == weights
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -138,8 +169,8 @@ def test_server_and_cli_use_the_configured_store(
         "--suffix", "elsewhere", "--data-dir", str(server.data_dir), env=env,
     )  # fmt: skip
     assert imported.returncode == 0, imported.stderr
-    stored = blob_file(root, sha((adapter / "adapter_model.safetensors").read_bytes()))
-    assert stored.exists()
+    adapter_weights = (adapter / "adapter_model.safetensors").read_bytes()
+    assert stored_bytes(sha(adapter_weights)) == adapter_weights
     assert not (server.data_dir / "store").exists()
 
     ft_id = imported.stdout.strip()
@@ -148,4 +179,4 @@ def test_server_and_cli_use_the_configured_store(
         headers={"Authorization": f"Bearer {server.admin_key}"},
         timeout=60,
     )
-    assert response.status_code == 200 and len(response.content) > stored.stat().st_size
+    assert response.status_code == 200 and len(response.content) > len(adapter_weights)

@@ -20,21 +20,21 @@ CLI = shutil.which("together", path=str(Path(os.sys.executable).parent)) or "tog
 
 
 @pytest.fixture
-def client(live_server: LiveServer) -> Iterator[Together]:
-    with Together(api_key=live_server.admin_key, base_url=live_server.base_url) as sdk:
+def client(stack_server: LiveServer) -> Iterator[Together]:
+    with Together(api_key=stack_server.admin_key, base_url=stack_server.base_url) as sdk:
         yield sdk
 
 
-def test_retrieve_list_and_checkpoints(client: Together, demo_job: str) -> None:
-    job = client.fine_tuning.retrieve(demo_job)
-    assert job.id == demo_job
+def test_retrieve_list_and_checkpoints(client: Together, stack_demo_job: str) -> None:
+    job = client.fine_tuning.retrieve(stack_demo_job)
+    assert job.id == stack_demo_job
     assert job.status == "completed"
     assert job.x_model_output_name and job.x_model_output_name.startswith("admin/demo-llama-demo")
     assert job.training_type is not None
     assert job.training_type.type == "Lora"
     listed = client.fine_tuning.list()
-    assert demo_job in [j.id for j in listed.data or []]
-    checkpoints = client.fine_tuning.list_checkpoints(demo_job).data or []
+    assert stack_demo_job in [j.id for j in listed.data or []]
+    checkpoints = client.fine_tuning.list_checkpoints(stack_demo_job).data or []
     kinds = sorted((c.step, c.checkpoint_type) for c in checkpoints)
     assert kinds == [
         (10, "Intermediate"),
@@ -44,17 +44,19 @@ def test_retrieve_list_and_checkpoints(client: Together, demo_job: str) -> None:
     ]
 
 
-def test_sdk_content_adapter_matches_imported_files(client: Together, demo_job: str) -> None:
-    data = client.fine_tuning.content(ft_id=demo_job, checkpoint="adapter").read()
+def test_sdk_content_adapter_matches_imported_files(client: Together, stack_demo_job: str) -> None:
+    data = client.fine_tuning.content(ft_id=stack_demo_job, checkpoint="adapter").read()
     top, files = strip_top(archive_files(data))
     assert top.endswith("-adapter")
     assert digests(files) == digests(demo.demo_adapter_files(30))
 
 
-def test_sdk_streaming_content_of_a_step(client: Together, demo_job: str, tmp_path: Path) -> None:
+def test_sdk_streaming_content_of_a_step(
+    client: Together, stack_demo_job: str, tmp_path: Path
+) -> None:
     target = tmp_path / "step10.tar.zst"
     with client.fine_tuning.with_streaming_response.content(
-        ft_id=demo_job, checkpoint_step=10
+        ft_id=stack_demo_job, checkpoint_step=10
     ) as response:
         response.stream_to_file(target)
     top, files = strip_top(archive_files(target.read_bytes()))
@@ -62,11 +64,11 @@ def test_sdk_streaming_content_of_a_step(client: Together, demo_job: str, tmp_pa
     assert digests(files) == digests(demo.demo_adapter_files(10))
 
 
-def test_sdk_errors_are_typed(client: Together, demo_job: str) -> None:
+def test_sdk_errors_are_typed(client: Together, stack_demo_job: str) -> None:
     with pytest.raises(together.NotFoundError):
         client.fine_tuning.retrieve("ft-00000000-0000-0000-0000-000000000000")
     with pytest.raises(together.BadRequestError) as bad_step:
-        client.fine_tuning.content(ft_id=demo_job, checkpoint_step=11).read()
+        client.fine_tuning.content(ft_id=stack_demo_job, checkpoint_step=11).read()
     assert "10, 20, 30" in str(bad_step.value)
     with pytest.raises(together.BadRequestError):
         client.fine_tuning.content(ft_id="not-an-ft-id").read()
@@ -104,8 +106,8 @@ def run_cli(server: LiveServer, tmp_path: Path, *args: str) -> subprocess.Comple
     ],
 )
 def test_cli_download(
-    live_server: LiveServer,
-    demo_job: str,
+    stack_server: LiveServer,
+    stack_demo_job: str,
     tmp_path: Path,
     suffix: str,
     options: list[str],
@@ -113,7 +115,7 @@ def test_cli_download(
     adapter: bool,
 ) -> None:
     out = tmp_path / "out.tar.zst"
-    result = run_cli(live_server, tmp_path, demo_job + suffix, *options, "-o", str(out))
+    result = run_cli(stack_server, tmp_path, stack_demo_job + suffix, *options, "-o", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     top, files = strip_top(archive_files(out.read_bytes()))
     if adapter:

@@ -37,8 +37,21 @@ class Settings:
     #: SQLAlchemy URL; empty means SQLite in the data directory.
     database_url: str = ""
     #: Where blobs live: empty means the local store in ``DATA_DIR/store``; a path or
-    #: ``file:///abs/path`` a local store there.
+    #: ``file:///abs/path`` a local store there; ``s3://BUCKET/PREFIX`` an S3 store.
     storage_url: str = ""
+    #: S3 API endpoint weightport itself talks to (empty: AWS, from ``s3_region``).
+    s3_endpoint: str = ""
+    #: S3 endpoint clients reach, which presigned URLs are signed for (SigV4 signs the host).
+    #: Empty: the same as ``s3_endpoint``.
+    s3_public_endpoint: str = ""
+    #: Region of the bucket (SigV4 signs it too).
+    s3_region: str = "us-east-1"
+    #: Largest object written by one PUT or copied by one CopyObject (AWS: 5 GiB). Larger
+    #: uploads go through weightport as a multipart upload; larger copies use UploadPartCopy.
+    s3_max_put_size: int = 5 << 30
+    #: Staging objects (direct uploads never validated, interrupted writes) older than this
+    #: many seconds are removed by the sweep.
+    staging_max_age: int = 86400
     #: Base URL clients reach this server at, used in signed URLs. Empty: from the request.
     public_url: str = ""
     #: Lifetime of signed download / upload URLs, seconds.
@@ -76,7 +89,14 @@ class Settings:
                 "archive_encoding must be stored, compressed or auto, "
                 f"not {self.archive_encoding!r}"
             )
-        for name in ("download_url_ttl", "upload_url_ttl", "max_ranges", "archive_threads"):
+        for name in (
+            "download_url_ttl",
+            "upload_url_ttl",
+            "max_ranges",
+            "archive_threads",
+            "s3_max_put_size",
+            "staging_max_age",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
         if not 1 <= self.archive_level <= 22:

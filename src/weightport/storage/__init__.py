@@ -7,6 +7,8 @@ from weightport.storage.base import (
     BlobUpload,
     ByteSource,
     LocalPaths,
+    Presigner,
+    StagedUploads,
 )
 from weightport.storage.files import PathSource
 
@@ -18,4 +20,6 @@ __all__ = [
     "ByteSource",
     "LocalPaths",
     "PathSource",
+    "Presigner",
+    "StagedUploads",
 ]

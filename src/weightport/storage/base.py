@@ -4,7 +4,11 @@ Every store implements :class:`BlobStore` (head, read, write, delete, list). Sto
 can do more say so by also implementing a capability protocol, checked with ``isinstance``
 against the protocol, never against a concrete store class:
 
-- :class:`LocalPaths` — the blob is a file on this machine (the server may ``sendfile`` it).
+- :class:`LocalPaths` — the blob is a file on this machine (the server may ``sendfile`` it);
+- :class:`Presigner` — the store hands out its own time-limited URLs (S3 presigned GET/PUT),
+  so file bytes need not pass through weightport at all;
+- :class:`StagedUploads` — bytes that arrived by such a URL wait under a staging name until
+  weightport has hashed them and made them a blob.
 
 Blobs are immutable and addressed by the lowercase hex sha256 of their bytes. Byte ranges
 inside the code are half-open ``[start, end)``.
@@ -88,12 +92,60 @@ class BlobStore(Protocol):
         """Every committed blob, in no particular order."""
         ...
 
+    def cleanup_temp(self, older_than_s: float, *, now: float | None = None) -> int:
+        """Remove uploads in progress (and staged objects) untouched for ``older_than_s``
+        seconds: what crashes and abandoned uploads leave behind. Returns how many."""
+        ...
+
 
 @runtime_checkable
 class LocalPaths(Protocol):
     """Capability: blobs are regular files on this machine."""
 
     def local_path(self, key: str) -> Path: ...
+
+
+@runtime_checkable
+class Presigner(Protocol):
+    """Capability: the store signs its own URLs; clients then talk to the store directly.
+
+    Such a URL cannot be revoked before it expires: callers keep lifetimes short.
+    """
+
+    def presign_get(self, key: str, *, expires_in: int) -> str:
+        """A URL that GETs the blob ``key`` (with Range) for ``expires_in`` seconds."""
+        ...
+
+    def presign_put(self, name: str, *, expires_in: int) -> str:
+        """A URL that PUTs one object to the staging name ``name`` (see
+        :class:`StagedUploads`), for ``expires_in`` seconds."""
+        ...
+
+
+@runtime_checkable
+class StagedUploads(Protocol):
+    """Capability: objects written straight to the store wait under a staging name.
+
+    Nothing is a blob until :meth:`commit_staged` has read it back, hashed it and stored it
+    under its sha256. Staging names are the caller's (``[A-Za-z0-9._/-]``, no ``..``).
+    """
+
+    def staged_size(self, name: str) -> int | None:
+        """The size of what arrived under ``name``, or ``None`` if nothing did."""
+        ...
+
+    def commit_staged(self, name: str, *, expected_size: int) -> BlobInfo:
+        """Hash the staged object by a streamed read, make it the blob of that sha256
+        (kept once if already stored), and remove the staged object.
+
+        Raises :class:`weightport.errors.InvalidArgument` (and removes it) if its size is
+        not ``expected_size``; :class:`weightport.errors.StorageError` if it is missing.
+        """
+        ...
+
+    def discard_staged(self, name: str) -> None:
+        """Remove a staged object; a missing one is not an error."""
+        ...
 
 
 class ByteSource(Protocol):

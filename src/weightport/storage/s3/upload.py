@@ -1,0 +1,157 @@
+"""An upload into the S3 store: hashed while it streams, visible only once complete.
+
+S3 has no rename, so a blob's key (its sha256) can be written only once the last byte has
+been hashed. Small uploads (up to one part) stay in memory and are written to their final
+key by one PUT at commit. Larger ones stream as a multipart upload to a private temp key
+and are copied server-side to the final key at commit (then the temp object is removed):
+nothing is ever visible under a sha256 key before its bytes are complete and checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import obstore
+
+from weightport.errors import InvalidArgument, StorageError
+from weightport.storage.base import BlobInfo
+
+if TYPE_CHECKING:
+    from obstore import WritableFile
+
+    from weightport.storage.s3.store import S3BlobStore
+
+#: Uploads up to this size stay in memory and are written by one PUT at commit.
+IN_MEMORY_BYTES = 8 << 20
+#: Part size of the multipart upload larger ones become (S3's minimum is 5 MiB).
+PART_BYTES = 8 << 20
+#: Parts in flight per upload (memory: about PART_BYTES each).
+PARTS_IN_FLIGHT = 4
+TEMP_PREFIX = "tmp/"
+#: What obstore raises: its own errors, and built-in ``FileNotFoundError``/``ValueError``.
+OBSTORE_ERRORS = (obstore.exceptions.BaseError, OSError, ValueError)
+
+
+class S3Upload:
+    """A blob being written; see :meth:`S3BlobStore.begin_upload`."""
+
+    def __init__(
+        self,
+        store: S3BlobStore,
+        *,
+        expected_sha256: str | None,
+        expected_size: int | None,
+    ) -> None:
+        self._store = store
+        self._expected_sha256 = expected_sha256
+        self._expected_size = expected_size
+        self._hash = hashlib.sha256()
+        self._written = 0
+        self._pending = bytearray()
+        self._writer: WritableFile | None = None
+        self.temp_name = f"{TEMP_PREFIX}upload-{secrets.token_hex(12)}"
+        self._result: BlobInfo | None = None
+        self._aborted = False
+
+    @property
+    def written(self) -> int:
+        """Bytes written so far."""
+        return self._written
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``. Raises :class:`InvalidArgument` (and aborts) past the expected size."""
+        self._check_open()
+        view = memoryview(data).cast("B")
+        if self._expected_size is not None and self._written + len(view) > self._expected_size:
+            self.abort()
+            raise InvalidArgument(f"upload is larger than the declared {self._expected_size} bytes")
+        self._hash.update(view)
+        self._written += len(view)
+        if self._writer is None and len(self._pending) + len(view) <= IN_MEMORY_BYTES:
+            self._pending += view
+            return
+        try:
+            if self._writer is None:
+                self._writer = obstore.open_writer(
+                    self._store.objects,
+                    self.temp_name,
+                    buffer_size=PART_BYTES,
+                    max_concurrency=PARTS_IN_FLIGHT,
+                )
+                if self._pending:
+                    self._writer.write(bytes(self._pending))
+                    self._pending = bytearray()
+            self._writer.write(view)
+        except OBSTORE_ERRORS as exc:
+            self.abort()
+            raise StorageError(f"writing upload to the S3 store failed: {exc}") from exc
+
+    def commit(self) -> BlobInfo:
+        """Make the blob visible under its sha256 and return it; calling again returns it again.
+
+        Raises :class:`InvalidArgument` (and aborts) when the content is not the expected
+        size or sha256.
+        """
+        if self._result is not None:
+            return self._result
+        self._check_open()
+        key = self._hash.hexdigest()
+        if self._expected_size is not None and self._written != self._expected_size:
+            self.abort()
+            raise InvalidArgument(
+                f"upload has {self._written} bytes, but {self._expected_size} were declared"
+            )
+        if self._expected_sha256 is not None and key != self._expected_sha256:
+            self.abort()
+            raise InvalidArgument(
+                f"upload has sha256 {key}, but {self._expected_sha256} was declared"
+            )
+        try:
+            if self._writer is None:
+                self._store.put_blob(key, bytes(self._pending))
+            else:
+                self._writer.close()
+                self._writer = None
+                self._store.adopt(self.temp_name, key, self._written)
+        except (*OBSTORE_ERRORS, StorageError) as exc:
+            self.abort()
+            raise StorageError(f"storing blob {key} in the S3 store failed: {exc}") from exc
+        self._pending = bytearray()
+        self._result = BlobInfo(key=key, size=self._written)
+        return self._result
+
+    def abort(self) -> None:
+        """Drop what was written. Safe to call twice; does nothing after a commit."""
+        if self._result is not None or self._aborted:
+            return
+        self._aborted = True
+        self._pending = bytearray()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            # The writer has no abort: finishing it and deleting the temp object leaves
+            # nothing behind (a failure here leaves a temp object for cleanup_temp).
+            try:
+                writer.close()
+            except OBSTORE_ERRORS:
+                return
+            self._store.delete_name(self.temp_name)
+
+    def _check_open(self) -> None:
+        if self._aborted:
+            raise StorageError("upload was aborted")
+        if self._result is not None:
+            raise StorageError("upload was already committed")
+
+    def __enter__(self) -> S3Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
