@@ -29,6 +29,7 @@ from click.testing import CliRunner
 
 from weightport.cli.download import download_group
 from weightport.client import (
+    ConfigurationError,
     DownloadOptions,
     FineTuneRef,
     FireworksModel,
@@ -45,7 +46,7 @@ from weightport.client import (
     download,
     resolve_api,
 )
-from weightport.client.sources import ApiConfig
+from weightport.client.sources import LOCAL_BASE_URL, ApiConfig
 
 KEY = "wp_test_key"
 ACCOUNT = "acct1"
@@ -582,7 +583,9 @@ def test_cli_model_json_and_errors(
     api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     contents = _populate(api)
-    monkeypatch.setenv("WEIGHTPORT_BASE_URL", api.base_url)
+    for name in ("WEIGHTPORT_BASE_URL", "WEIGHTPORT_API_KEY", "WEIGHTPORT_ACCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FIREWORKS_BASE_URL", api.base_url)  # the vendor's own pair
     monkeypatch.setenv("FIREWORKS_API_KEY", KEY)
     runner = CliRunner()
     out = tmp_path / "m"
@@ -597,21 +600,41 @@ def test_cli_model_json_and_errors(
     assert missing.exit_code == 1
     assert missing.stderr.strip().splitlines() == ['Error: HTTP 404: model "nope" not found']
     monkeypatch.delenv("FIREWORKS_API_KEY")
-    monkeypatch.delenv("WEIGHTPORT_API_KEY", raising=False)
     nokey = runner.invoke(download_group, ["model", f"{ACCOUNT}/{MODEL}", "--json"])
-    assert nokey.exit_code == 2 and "no API key" in nokey.stderr
+    assert nokey.exit_code == 2
+    assert (
+        nokey.stderr == f"Error: no API key for {api.base_url}: pass --api-key or set "
+        "FIREWORKS_API_KEY\n"
+    )
     assert json.loads(nokey.stdout)["error"]["type"] == "ConfigurationError"
 
 
-def test_api_settings_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {"FIREWORKS_BASE_URL": "http://fw", "FIREWORKS_API_KEY": "fw", "WEIGHTPORT_API_KEY": "wp"}
-    assert resolve_api("fireworks", environ=env) == ApiConfig("http://fw", "wp")
-    assert resolve_api("fireworks", base_url="http://x/", api_key="k", environ=env) == ApiConfig(
-        "http://x", "k"
+def test_api_settings_precedence() -> None:
+    wp = {"WEIGHTPORT_API_KEY": "wp"}
+    # Nothing named: the local server, with weightport's key and default account.
+    assert resolve_api("together", environ=wp) == ApiConfig(LOCAL_BASE_URL, "wp", "admin")
+    # A vendor's key alone goes nowhere: not to the vendor, not to weightport.
+    with pytest.raises(ConfigurationError, match=f"no API key for {LOCAL_BASE_URL}: .* WEIGHT"):
+        resolve_api("together", environ={"TOGETHER_API_KEY": "t"})
+    # The vendor's own base URL brings its own key and account, never weightport's key.
+    fw = {"FIREWORKS_BASE_URL": "http://fw", "FIREWORKS_API_KEY": "fw", "FIREWORKS_ACCOUNT_ID": "a"}
+    assert resolve_api("fireworks", environ={**fw, **wp}) == ApiConfig("http://fw", "fw", "a")
+    with pytest.raises(ConfigurationError, match="set FIREWORKS_API_KEY"):
+        resolve_api("fireworks", environ={"FIREWORKS_BASE_URL": "http://fw", **wp})
+    # weightport's base URL (variable or flag) takes weightport's key and account.
+    both = {**fw, **wp, "WEIGHTPORT_ACCOUNT": "w"}
+    assert resolve_api("fireworks", environ={**both, "WEIGHTPORT_BASE_URL": "http://wp/"}) == (
+        ApiConfig("http://wp", "wp", "w")
     )
-    assert resolve_api("together", environ={"TOGETHER_API_KEY": "t"}) == ApiConfig(
-        "https://api.together.ai", "t"
+    assert resolve_api("fireworks", base_url="http://x", environ=both) == (
+        ApiConfig("http://x", "wp", "w")
     )
+    # Arguments win over everything.
+    assert resolve_api(
+        "fireworks", base_url="http://x/", api_key="k", account="c", environ=both
+    ) == ApiConfig("http://x", "k", "c")
+    with pytest.raises(ConfigurationError, match="must start with http"):
+        resolve_api("fireworks", base_url="127.0.0.1:8700", environ=wp)
 
 
 # -- the command in a real process: SIGKILL and Ctrl-C ---------------------------------------

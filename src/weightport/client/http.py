@@ -139,7 +139,7 @@ class HttpSession:
                 )
             except HTTPError as exc:
                 if attempt >= self.api_retries:
-                    raise TransferError(f"cannot reach {_origin(url)}: {_reason(exc)}") from exc
+                    raise unreachable(url, exc) from exc
                 attempt += 1
                 time.sleep(backoff_delay(attempt))
                 continue
@@ -221,6 +221,11 @@ def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 10.0) -> floa
     """
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
     return float(delay * (1 - 0.25 * random.random()))  # noqa: S311 - not for security
+
+
+def unreachable(url: str, exc: BaseException) -> TransferError:
+    """The one-line error for a request that got no answer: ``cannot reach ORIGIN: reason``."""
+    return TransferError(f"cannot reach {_origin(url)}: {_reason(exc)}")
 
 
 def _origin(url: str) -> str:

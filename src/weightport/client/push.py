@@ -16,8 +16,10 @@ from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import urllib3
+from urllib3.exceptions import HTTPError
 
 from weightport.client.errors import ApiError, BadRequest, DownloadError, error_from_response
+from weightport.client.http import unreachable
 
 #: google.rpc.Code of "not yet": validateUpload says so while files are still landing.
 FAILED_PRECONDITION = 9
@@ -66,10 +68,17 @@ class ModelPusher:
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = json.dumps(body).encode()
-        response = self.http.request(method, url, body=data, headers=headers)
+        response = self._send(method, url, body=data, headers=headers)
         if response.status >= 400:
             raise error_from_response(response.status, response.data)
         return json.loads(response.data or b"{}")
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
+        """One request; a server that cannot be reached raises TransferError, not urllib3's."""
+        try:
+            return self.http.request(method, url, **kwargs)
+        except HTTPError as exc:
+            raise unreachable(url, exc) from exc
 
     def ensure_model(self, fields: Mapping[str, Any]) -> str:
         """Create the model, or reuse it if it exists and is still UPLOADING; its state."""
@@ -100,7 +109,7 @@ class ModelPusher:
         def put(path: str) -> int:
             size = int(sizes[path])
             with files[path].open("rb") as fh:
-                response = self.http.request(
+                response = self._send(
                     "PUT",
                     urls[path],
                     body=_chunks(fh, progress),

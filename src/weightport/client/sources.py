@@ -1,9 +1,8 @@
 """Where downloads come from: a Fireworks model's signed URLs, a Together fine-tune archive.
 
 Both speak the public APIs' own request and response shapes, so they work against
-weightport and against the original services. Credentials resolve as: explicit argument, then
-``WEIGHTPORT_*``, then the service's own variables (``FIREWORKS_*`` / ``TOGETHER_*``), then
-the service's public default base URL.
+weightport and against the original services. Where they connect, and with which key, is
+:func:`resolve_api`'s decision: the local weightport server unless told otherwise.
 """
 
 from __future__ import annotations
@@ -21,8 +20,11 @@ from weightport.client.remote import RemoteFile, normalize_sha256, probe
 
 Service = Literal["fireworks", "together"]
 
-_DEFAULT_BASE = {"fireworks": "https://api.fireworks.ai", "together": "https://api.together.ai"}
-_ENV_PREFIX = {"fireworks": "FIREWORKS_", "together": "TOGETHER_"}
+#: Where client commands connect unless told otherwise: ``weightport serve``'s default address.
+LOCAL_BASE_URL = "http://127.0.0.1:8700"
+#: The account ``weightport serve`` creates on its first start.
+DEFAULT_ACCOUNT = "admin"
+_VENDOR_PREFIX = {"fireworks": "FIREWORKS_", "together": "TOGETHER_"}
 # RFC 3986 segment characters the official Fireworks client leaves unescaped in paths.
 _SEGMENT_SAFE = ":@!$&'()*+,;="
 _CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
@@ -30,10 +32,12 @@ _CHECKPOINTS = ("merged", "adapter", "model_output_path", "default")
 
 @dataclass(frozen=True)
 class ApiConfig:
-    """Base URL (no trailing slash) and API key of one service."""
+    """Base URL (no trailing slash), API key and account of one server."""
 
     base_url: str
     api_key: str
+    #: The account of Fireworks-style paths; "" when none was named (a vendor's API).
+    account: str = ""
 
     @property
     def auth(self) -> tuple[tuple[str, str], ...]:
@@ -45,25 +49,37 @@ def resolve_api(
     *,
     base_url: str | None = None,
     api_key: str | None = None,
+    account: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ApiConfig:
-    """Resolve base URL and key: argument > ``WEIGHTPORT_*`` > service variables > default."""
+    """Where to connect, with which key and account; arguments always win.
+
+    Keys from the environment only travel with the base URL of the same family, so a
+    weightport key is never sent to a vendor, nor a vendor's key to weightport:
+
+    - weightport, the default: ``WEIGHTPORT_BASE_URL``, else :data:`LOCAL_BASE_URL`; key
+      ``WEIGHTPORT_API_KEY``; account ``WEIGHTPORT_ACCOUNT``, else :data:`DEFAULT_ACCOUNT`.
+    - the vendor's API, only when its own ``FIREWORKS_BASE_URL`` / ``TOGETHER_BASE_URL`` is
+      set and neither ``base_url`` nor ``WEIGHTPORT_BASE_URL`` is: key ``FIREWORKS_API_KEY``
+      / ``TOGETHER_API_KEY``; account ``FIREWORKS_ACCOUNT_ID``.
+    """
     env = os.environ if environ is None else environ
-    prefix = _ENV_PREFIX[service]
-    base = (
-        base_url
-        or env.get("WEIGHTPORT_BASE_URL")
-        or env.get(f"{prefix}BASE_URL")
-        or _DEFAULT_BASE[service]
-    )
-    key = api_key or env.get("WEIGHTPORT_API_KEY") or env.get(f"{prefix}API_KEY")
-    if not key:
-        raise ConfigurationError(
-            f"no API key: pass --api-key or set WEIGHTPORT_API_KEY or {prefix}API_KEY"
-        )
+    vendor = _VENDOR_PREFIX[service]
+    if base_url or env.get("WEIGHTPORT_BASE_URL") or not env.get(f"{vendor}BASE_URL"):
+        prefix = "WEIGHTPORT_"
+        base = base_url or env.get("WEIGHTPORT_BASE_URL") or LOCAL_BASE_URL
+        acct = account or env.get("WEIGHTPORT_ACCOUNT") or DEFAULT_ACCOUNT
+    else:
+        prefix = vendor
+        base = env[f"{vendor}BASE_URL"]
+        acct = account or env.get("FIREWORKS_ACCOUNT_ID", "")
     if not re.match(r"^https?://[^/]+", base):
         raise ConfigurationError(f"base URL must start with http:// or https://, not {base!r}")
-    return ApiConfig(base.rstrip("/"), key)
+    base = base.rstrip("/")
+    key = api_key or env.get(f"{prefix}API_KEY")
+    if not key:
+        raise ConfigurationError(f"no API key for {base}: pass --api-key or set {prefix}API_KEY")
+    return ApiConfig(base, key, acct)
 
 
 def parse_model_name(name: str, account: str | None) -> tuple[str, str]:
