@@ -24,6 +24,8 @@ from weightport.catalog import accounts, finetunes
 from weightport.catalog.db import Catalog
 
 KEY_PATTERN = re.compile(r"wp_[0-9a-f]+_[A-Za-z0-9_-]+")
+#: How the banner of ``weightport serve`` begins, printed once it answers requests.
+BANNER_START = "weightport serving on "
 
 
 def free_port() -> int:
@@ -53,17 +55,18 @@ class LiveServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         args = [sys.executable, "-m", "weightport", "serve", "--data-dir", str(self.data_dir)]
         args += ["--port", str(self.port), "--demo" if self.demo else "--no-demo"]
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env, text=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            # The port accepts connections from the moment it is bound; the banner comes
+            # once the server answers them (and carries the first start's key).
+            if BANNER_START.encode() in self.log_path.read_bytes()[logged:]:
                 break
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         else:
             raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
         if not self.admin_key:

@@ -5,24 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.cli_helpers import clean_env, one_error_line, weightport
 from tests.conftest import LiveServer
 from weightport import demo
-
-
-def weightport(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "weightport", *args], capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
 
 
 def test_first_start_banner_has_key_and_commands(live_server: LiveServer) -> None:
@@ -37,17 +27,67 @@ def test_keys_create_list_revoke(live_server: LiveServer) -> None:
     data = ["--data-dir", str(live_server.data_dir)]
     created = weightport("keys", "create", "--account", "cli-keys", "--create-account", *data)
     key = created.stdout.strip()
-    headers = {"Authorization": f"Bearer {key}"}
+    second = weightport("keys", "create", "--account", "cli-keys", *data).stdout.strip()
     url = f"{live_server.base_url}/v1/accounts/cli-keys/models"
-    assert httpx.get(url, headers=headers).status_code == 200
-    listed = weightport("keys", "list", "--account", "cli-keys", *data).stdout
-    key_id = listed.split()[0]
-    assert key not in listed  # secrets are never shown again
-    weightport("keys", "revoke", key_id, *data)
-    assert httpx.get(url, headers=headers).status_code == 401
+
+    def status(secret: str) -> int:
+        return httpx.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code
+
+    assert status(key) == status(second) == 200
+    listed = weightport("keys", "list", "--account", "cli-keys", *data).stdout.splitlines()
+    assert listed[0].split() == ["ID", "ACCOUNT", "STATE", "CREATED", "NAME"]
+    assert len(listed) == 3 and key not in "".join(listed)  # secrets are never shown again
+    weightport("keys", "revoke", listed[1].split()[0], *data)  # by id
+    assert status(key) == 401 and status(second) == 200
+    revoked = weightport("keys", "revoke", second, *data)  # by the whole key
+    assert status(second) == 401 and second not in revoked.stdout
+    states = weightport("keys", "list", "--account", "cli-keys", *data).stdout
+    assert states.count("revoked") == 2
     missing = weightport("keys", "revoke", "nope", *data, check=False)
-    assert missing.returncode == 1 and "not found" in missing.stderr
-    assert "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "not found" in one_error_line(missing)
+    forged = weightport("keys", "revoke", second[:-4] + "AAAA", *data, check=False)
+    assert forged.returncode == 1 and "no such API key" in one_error_line(forged)
+    assert second[:-4] not in forged.stderr  # the secret is never echoed
+
+
+CATALOG_COMMANDS = [
+    ("keys", "list"),
+    ("keys", "create"),
+    ("keys", "revoke", "0123456789ab"),
+    ("finetunes", "list"),
+    ("finetunes", "import", "--base-model", "m", "--final", "1=."),
+]
+
+
+@pytest.mark.parametrize("command", CATALOG_COMMANDS, ids=" ".join)
+def test_catalog_commands_never_create_a_data_directory(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = weightport(*command, check=False, cwd=tmp_path)
+    assert result.returncode == 1
+    message = one_error_line(result)
+    assert str(tmp_path / "weightport-data") in message
+    assert "--data-dir" in message and "WEIGHTPORT_DATA_DIR" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_catalog_errors_name_the_directory_they_looked_at(
+    tmp_path: Path, how: str, live_server: LiveServer
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = clean_env(WEIGHTPORT_DATA_DIR=str(empty)) if how == "env" else None
+    args = ["--data-dir", str(empty)] if how == "flag" else []
+    result = weightport("keys", "list", *args, check=False, env=env, cwd=tmp_path)
+    assert f"no weightport catalog in data directory {empty}: " in one_error_line(result)
+    assert list(empty.iterdir()) == []  # no empty catalog left behind
+    data = ["--data-dir", str(live_server.data_dir)]
+    unknown = weightport("keys", "create", "--account", "nobody", *data, check=False)
+    assert unknown.returncode == 1
+    assert one_error_line(unknown) == (
+        f'account "nobody" not found (in data directory {live_server.data_dir.resolve()})'
+    )
 
 
 def test_models_push_and_list(live_server: LiveServer, tmp_path: Path) -> None:
@@ -95,8 +135,19 @@ def test_finetunes_import_and_list(live_server: LiveServer, tmp_path: Path) -> N
     )  # fmt: skip
     ft_id = imported.stdout.strip()
     assert ft_id.startswith("ft-")
-    listed = weightport("finetunes", "list", *data).stdout
-    assert ft_id in listed and "completed" in listed
+    listed = weightport("finetunes", "list", *data).stdout.splitlines()
+    row = listed.index(next(line for line in listed if line.startswith(ft_id)))
+    assert "completed" in listed[row]
+    assert listed[row + 1 : row + 3] == [
+        "    step 5: intermediate adapter",
+        "    step 9: final adapter",
+    ]
+    jobs = json.loads(weightport("finetunes", "list", "--json", *data).stdout)
+    (job,) = [j for j in jobs if j["id"] == ft_id]
+    assert job["weightport_checkpoints"] == [
+        {"step": 5, "kind": "intermediate", "artifacts": ["adapter"]},
+        {"step": 9, "kind": "final", "artifacts": ["adapter"]},
+    ]
     response = httpx.get(
         f"{live_server.base_url}/v1/finetune/download?ft_id={ft_id}&checkpoint=adapter",
         headers={"Authorization": f"Bearer {live_server.admin_key}"},

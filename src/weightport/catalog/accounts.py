@@ -102,6 +102,20 @@ def list_keys(session: Session, account_id: str | None = None) -> list[KeyInfo]:
     ]
 
 
+def key_id_of(session: Session, key_or_id: str) -> str:
+    """The id of a key given either as the key itself (``wp_<id>_<secret>``) or as its id.
+
+    A whole key is looked up by its digest, so an id with a made-up secret matches nothing;
+    the secret never appears in the error.
+    """
+    if not key_or_id.startswith(KEY_PREFIX):
+        return key_or_id
+    key_id = session.scalar(select(ApiKey.id).where(ApiKey.secret_sha256 == _digest(key_or_id)))
+    if key_id is None:
+        raise NotFound("no such API key (pass the whole key, or its id from `keys list`)")
+    return key_id
+
+
 def revoke_key(session: Session, key_id: str) -> None:
     key = session.get(ApiKey, key_id)
     if key is None:

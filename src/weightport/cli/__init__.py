@@ -12,7 +12,7 @@ import sys
 import click
 
 from weightport import __version__
-from weightport.errors import WeightportError
+from weightport.cli.errors import exit_with, failure_of
 
 #: command name -> "module:attribute" of its click command.
 COMMANDS = {
@@ -48,7 +48,7 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Entry point: clear one-line errors instead of tracebacks."""
+    """Entry point: clear one-line errors (:mod:`weightport.cli.errors`), not tracebacks."""
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -57,9 +57,8 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except WeightportError as exc:
-        click.echo(f"Error: {exc.message}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, Exception) as exc:
+        failure = failure_of(exc)
+        if failure is None:
+            raise
+        exit_with(failure)

@@ -6,14 +6,13 @@ keeps the partial files and their state, prints how to resume, and exits 130.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -27,9 +26,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from weightport.cli.errors import reports_failures
+from weightport.cli.options import client_options
 from weightport.client import (
-    ConfigurationError,
-    DownloadError,
     DownloadOptions,
     DownloadResult,
     FineTuneRef,
@@ -45,8 +44,6 @@ from weightport.client import (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -78,56 +75,10 @@ def common_options(fn: F) -> F:
             show_default=True,
             help="Parallel connections.",
         ),
-        click.option(
-            "--api-key",
-            default=None,
-            help="API key [env WEIGHTPORT_API_KEY, then the "
-            "service's own, e.g. FIREWORKS_API_KEY / TOGETHER_API_KEY].",
-        ),
-        click.option(
-            "--base-url",
-            default=None,
-            help="Server base URL [env WEIGHTPORT_BASE_URL, "
-            "then FIREWORKS_BASE_URL / TOGETHER_BASE_URL; default the public API].",
-        ),
     ]
     for option in options:
         fn = option(fn)
     return fn
-
-
-def _cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn download errors into one line and an exit status, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        as_json = bool(kwargs.get("as_json"))
-        try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            _fail(
-                "interrupted; partial files are kept: run the same command to resume",
-                "Interrupted",
-                as_json,
-                130,
-            )
-        except ConfigurationError as exc:
-            _fail(str(exc), type(exc).__name__, as_json, 2)
-        except DownloadError as exc:
-            _fail(str(exc), type(exc).__name__, as_json, 1)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}", type(exc).__name__, as_json, 1)
-
-    return wrapper
-
-
-def _fail(message: str, kind: str, as_json: bool, status: int) -> NoReturn:
-    if as_json:
-        click.echo(json.dumps({"error": {"type": kind, "message": message}}))
-    click.echo(f"Error: {message}", err=True)
-    # SystemExit, not click's Exit: it must survive click's standalone_mode=False.
-    raise SystemExit(status)
 
 
 class RichProgress:
@@ -147,6 +98,9 @@ class RichProgress:
 
     def __call__(self, snapshot: ProgressSnapshot) -> None:
         if self.overall is None:
+            # Shown from the first snapshot on: a display started earlier and stopped by an
+            # error before any transfer renders as a stray blank line above the error.
+            self.progress.start()
             self.overall = self.progress.add_task("total", total=snapshot.total)
         self.progress.update(self.overall, total=snapshot.total, completed=snapshot.done)
         for f in snapshot.files:
@@ -163,8 +117,11 @@ class RichProgress:
 
     @contextmanager
     def shown(self) -> Iterator[RichProgress]:
-        with self.progress:
+        try:
             yield self
+        finally:
+            if self.overall is not None:
+                self.progress.stop()
 
 
 def _options(connections: int, part_size: str) -> DownloadOptions:
@@ -223,12 +180,6 @@ def download_group() -> None:
 @download_group.command("model")
 @click.argument("name")
 @click.option(
-    "--account",
-    default=None,
-    help="Account, when NAME is just the model id "
-    "[env WEIGHTPORT_ACCOUNT_ID, FIREWORKS_ACCOUNT_ID].",
-)
-@click.option(
     "-o",
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
@@ -236,7 +187,8 @@ def download_group() -> None:
     help="Directory to download into [default: ./MODEL].",
 )
 @common_options
-@_cli_errors
+@client_options(account=True)
+@reports_failures
 def model_command(
     name: str,
     account: str | None,
@@ -248,12 +200,11 @@ def model_command(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Download every file of a Fireworks-style model (ACCOUNT/MODEL) into a directory."""
-    if account is None and "/" not in name:
-        account = os.environ.get("WEIGHTPORT_ACCOUNT_ID") or os.environ.get("FIREWORKS_ACCOUNT_ID")
-    account_id, model_id = parse_model_name(name, account)
+    """Download every file of a Fireworks-style model (ACCOUNT/MODEL, or MODEL of --account)."""
     options = _options(connections, part_size)
-    api = resolve_api("fireworks", base_url=base_url, api_key=api_key)
+    api = resolve_api("fireworks", base_url=base_url, api_key=api_key, account=account)
+    # An account spelled in NAME wins over the environment's; a flag must agree with it.
+    account_id, model_id = parse_model_name(name, account if "/" in name else api.account)
     source = FireworksModel(HttpSession(connections=2), api, account_id, model_id)
     dest = output if output is not None else Path(model_id)
     result = _run(source, dest, options, quiet or as_json)
@@ -303,7 +254,8 @@ def model_command(
 )
 @click.option("--keep-archive", is_flag=True, help="With --extract: keep the .tar.zst.")
 @common_options
-@_cli_errors
+@client_options(account=False)
+@reports_failures
 def finetune_command(
     ft_id: str,
     checkpoint: str | None,

@@ -13,8 +13,10 @@ import click
 from sqlalchemy.orm import Session
 
 from weightport.catalog import finetunes
+from weightport.catalog.schema import FineTune
 from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
-from weightport.cli.options import data_options, open_catalog, settings_from
+from weightport.cli.catalog import opened_catalog, settings_from
+from weightport.cli.options import account_option, data_options
 from weightport.ingest import directory_files
 from weightport.services.archive_builds import archive_builds_of
 from weightport.services.together_resources import fine_tune_json
@@ -38,7 +40,7 @@ def finetunes_group() -> None:
 
 @finetunes_group.command("import")
 @click.option("--base-model", required=True, help="Id of a READY model of the account.")
-@click.option("--account", default="admin", show_default=True)
+@account_option()
 @click.option("--full", is_flag=True, help="Checkpoints hold full weights (a Full fine-tune).")
 @click.option(
     "--checkpoint",
@@ -66,58 +68,71 @@ def import_(
 
     Every adapter is parsed and checked tensor by tensor against the base model first.
     """
-    settings = settings_from(data_dir=data_dir, database_url=database_url)
-    store = open_store(settings)
-    catalog = open_catalog(settings)
     artifact = finetunes.MODEL if full else finetunes.ADAPTER
     steps = [(*_parse_step_dir(v, "--checkpoint"), finetunes.INTERMEDIATE) for v in intermediate]
     steps.append((*_parse_step_dir(final, "--final"), finetunes.FINAL))
-    try:
-        specs = [
-            CheckpointSpec(step, kind, artifact, store_files(store, directory_files(folder)))
-            for step, folder, kind in steps
-        ]
-        ft_id = register_fine_tune(
-            catalog,
-            store,
-            account,
-            base_model_id=base_model,
-            training_type=finetunes.FULL if full else finetunes.LORA,
-            checkpoints=specs,
-            model_output_name=output_name,
-            suffix=suffix,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        catalog.close()
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    with opened_catalog(settings) as catalog:
+        store = open_store(settings)
+        try:
+            specs = [
+                CheckpointSpec(step, kind, artifact, store_files(store, directory_files(folder)))
+                for step, folder, kind in steps
+            ]
+            ft_id = register_fine_tune(
+                catalog,
+                store,
+                account,
+                base_model_id=base_model,
+                training_type=finetunes.FULL if full else finetunes.LORA,
+                checkpoints=specs,
+                model_output_name=output_name,
+                suffix=suffix,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(ft_id)
 
 
+def _checkpoints_json(job: FineTune) -> list[dict[str, Any]]:
+    """Each checkpoint's step, kind (intermediate/final) and what it holds (adapter/model)."""
+    return [
+        {
+            "step": c.step,
+            "kind": c.kind,
+            "artifacts": sorted({f.artifact for f in c.files}),
+        }
+        for c in sorted(job.checkpoints, key=lambda c: c.step)
+    ]
+
+
 @finetunes_group.command("list")
-@click.option("--account", default="admin", show_default=True)
+@account_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the Together JSON.")
 @data_options
 def list_(account: str, as_json: bool, data_dir: Path | None, database_url: str | None) -> None:
     """List an account's fine-tunes with their checkpoints and archive builds."""
-    catalog = open_catalog(settings_from(data_dir=data_dir, database_url=database_url))
 
     def run(session: Session) -> list[dict[str, Any]]:
         return [
-            fine_tune_json(job, archive_builds_of(session, job.id))
+            {
+                **fine_tune_json(job, archive_builds_of(session, job.id)),
+                "weightport_checkpoints": _checkpoints_json(job),
+            }
             for job in finetunes.list_fine_tunes(session, account)
         ]
 
-    try:
+    with opened_catalog(settings_from(data_dir=data_dir, database_url=database_url)) as catalog:
         jobs = catalog.call(run)
-    finally:
-        catalog.close()
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
     for job in jobs:
         kind = job["training_type"]["type"]
         click.echo(f"{job['id']}\t{job['status']}\t{kind}\t{job['model_output_name']}")
+        for checkpoint in job["weightport_checkpoints"]:
+            holds = "+".join(checkpoint["artifacts"])
+            click.echo(f"    step {checkpoint['step']}: {checkpoint['kind']} {holds}")
         for build in job["weightport_archives"]:
             pct = 100 * build["done_bytes"] // max(build["total_bytes"], 1)
             click.echo(

@@ -8,7 +8,8 @@ import click
 from sqlalchemy.orm import Session
 
 from weightport.catalog import accounts
-from weightport.cli.options import data_options, open_catalog, settings_from
+from weightport.cli.catalog import opened_catalog, settings_from
+from weightport.cli.options import account_option, data_options
 
 
 @click.group("keys")
@@ -17,7 +18,7 @@ def keys_group() -> None:
 
 
 @keys_group.command("create")
-@click.option("--account", default="admin", show_default=True, help="Account the key acts as.")
+@account_option(what="Account the key acts as")
 @click.option("--name", default="", help="A note to recognise the key by.")
 @click.option("--create-account", is_flag=True, help="Create the account if it is new.")
 @data_options
@@ -25,44 +26,42 @@ def create(
     account: str, name: str, create_account: bool, data_dir: Path | None, database_url: str | None
 ) -> None:
     """Create a key and print it. It is shown only this once."""
-    catalog = open_catalog(settings_from(data_dir=data_dir, database_url=database_url))
-    try:
 
-        def run(session: Session) -> accounts.IssuedKey:
-            if create_account:
-                accounts.ensure_account(session, account)
-            return accounts.create_key(session, account, name)
+    def run(session: Session) -> accounts.IssuedKey:
+        if create_account:
+            accounts.ensure_account(session, account)
+        return accounts.create_key(session, account, name)
 
+    with opened_catalog(settings_from(data_dir=data_dir, database_url=database_url)) as catalog:
         issued = catalog.call(run)
-    finally:
-        catalog.close()
     click.echo(issued.secret)
     click.echo(f"(key id {issued.id}, account {issued.account_id}; store it now)", err=True)
 
 
 @keys_group.command("list")
-@click.option("--account", default=None, help="Only this account's keys.")
+@account_option(default=None, what="Only this account's keys")
 @data_options
 def list_(account: str | None, data_dir: Path | None, database_url: str | None) -> None:
     """List keys (ids only: secrets are never stored)."""
-    catalog = open_catalog(settings_from(data_dir=data_dir, database_url=database_url))
-    try:
+    with opened_catalog(settings_from(data_dir=data_dir, database_url=database_url)) as catalog:
         keys = catalog.call(lambda s: accounts.list_keys(s, account))
-    finally:
-        catalog.close()
+    click.echo("ID\tACCOUNT\tSTATE\tCREATED\tNAME")
     for key in keys:
         state = "revoked" if key.revoked else "active"
         click.echo(f"{key.id}\t{key.account_id}\t{state}\t{key.created_at:%Y-%m-%d}\t{key.name}")
 
 
 @keys_group.command("revoke")
-@click.argument("key_id")
+@click.argument("key")
 @data_options
-def revoke(key_id: str, data_dir: Path | None, database_url: str | None) -> None:
-    """Revoke a key by id; requests with it fail from now on."""
-    catalog = open_catalog(settings_from(data_dir=data_dir, database_url=database_url))
-    try:
-        catalog.call(lambda s: accounts.revoke_key(s, key_id))
-    finally:
-        catalog.close()
+def revoke(key: str, data_dir: Path | None, database_url: str | None) -> None:
+    """Revoke KEY (the key itself, or its id from `keys list`); it stops working at once."""
+
+    def run(session: Session) -> str:
+        key_id = accounts.key_id_of(session, key)
+        accounts.revoke_key(session, key_id)
+        return key_id
+
+    with opened_catalog(settings_from(data_dir=data_dir, database_url=database_url)) as catalog:
+        key_id = catalog.call(run)
     click.echo(f"revoked {key_id}")

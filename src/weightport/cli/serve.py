@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 from pathlib import Path
 
 import click
@@ -15,12 +18,13 @@ from weightport import demo
 from weightport.catalog import accounts, finetunes, registry
 from weightport.catalog.schema import Account
 from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
-from weightport.cli.options import data_options, settings_from
+from weightport.cli.banner import ServeFacts, banner, weightport_command
+from weightport.cli.catalog import settings_from
+from weightport.cli.options import data_options
+from weightport.client.sources import DEFAULT_ACCOUNT
 from weightport.ingest import register_model
 from weightport.server.app import build_context, create_app
 from weightport.server.context import ServerContext
-
-ADMIN = "admin"
 
 
 def bootstrap_admin(ctx: ServerContext) -> str | None:
@@ -29,14 +33,14 @@ def bootstrap_admin(ctx: ServerContext) -> str | None:
     def run(session: Session) -> str | None:
         if session.scalar(select(Account.id).limit(1)) is not None:
             return None
-        accounts.create_account(session, ADMIN)
-        return accounts.create_key(session, ADMIN, "created by the first start").secret
+        accounts.create_account(session, DEFAULT_ACCOUNT)
+        return accounts.create_key(session, DEFAULT_ACCOUNT, "created by the first start").secret
 
     return ctx.catalog.call(run)
 
 
 def _demo_fine_tune(session: Session) -> str | None:
-    jobs = finetunes.list_fine_tunes(session, ADMIN)
+    jobs = finetunes.list_fine_tunes(session, DEFAULT_ACCOUNT)
     return next((j.id for j in jobs if j.suffix == demo.DEMO_SUFFIX), None)
 
 
@@ -48,7 +52,7 @@ def seed_demo(ctx: ServerContext) -> str:
 
     def exists(session: Session) -> bool:
         try:
-            registry.get_model(session, ADMIN, demo.DEMO_MODEL_ID)
+            registry.get_model(session, DEFAULT_ACCOUNT, demo.DEMO_MODEL_ID)
         except LookupError:
             return False
         return True
@@ -70,7 +74,7 @@ def seed_demo(ctx: ServerContext) -> str:
     return register_fine_tune(
         ctx.catalog,
         ctx.store,
-        ADMIN,
+        DEFAULT_ACCOUNT,
         base_model_id=demo.DEMO_MODEL_ID,
         training_type=finetunes.LORA,
         checkpoints=checkpoints,
@@ -82,7 +86,7 @@ def _seed_demo_model(ctx: ServerContext) -> None:
     register_model(
         ctx.catalog,
         ctx.store,
-        ADMIN,
+        DEFAULT_ACCOUNT,
         demo.DEMO_MODEL_ID,
         demo.demo_base_files(),
         {
@@ -98,39 +102,28 @@ def _seed_demo_model(ctx: ServerContext) -> None:
     )
 
 
-def banner(ctx: ServerContext, key: str | None, base: str, ft_id: str | None) -> str:
-    shown_key = key or "<your key>"
-    lines = [f"weightport serving on {base}  (data: {ctx.settings.data_dir.resolve()})", ""]
-    if key:
-        lines += [
-            "First start: created account 'admin' with this API key (shown only now):",
-            f"    {key}",
-            "",
-        ]
-    else:
-        lines += ["Need a key? weightport keys create --account admin", ""]
-    lines += [
-        "Try it (Fireworks-style, per-file signed URLs):",
-        f"    export FIREWORKS_BASE_URL={base} FIREWORKS_API_KEY={shown_key} "
-        f"FIREWORKS_ACCOUNT_ID={ADMIN}",
-        f"    curl -s -H 'Authorization: Bearer {shown_key}' "
-        f"{base}/v1/accounts/{ADMIN}/models/{demo.DEMO_MODEL_ID}:getDownloadEndpoint",
-        f"    weightport download model {ADMIN}/{demo.DEMO_MODEL_ID} -o ./demo-llama "
-        f"--base-url {base} --api-key {shown_key}",
-    ]
-    if ft_id:
-        lines += [
-            "",
-            "Together-style (one .tar.zst per checkpoint; merged LoRA computed on the fly):",
-            f"    export TOGETHER_BASE_URL={base} TOGETHER_API_KEY={shown_key} "
-            "TOGETHER_TELEMETRY_DISABLED=1 TOGETHER_DISABLE_VERSION_CHECK=1",
-            f"    together fine-tuning download {ft_id} -o demo-merged.tar.zst",
-            f"    together fine-tuning download {ft_id} -c adapter -o demo-adapter.tar.zst",
-            f"    together fine-tuning download {ft_id}:{demo.DEMO_STEPS[0]} -o demo-step.tar.zst",
-            f"    weightport download finetune {ft_id} -o ./demo-merged --extract "
-            f"--strip-components 1 --base-url {base} --api-key {shown_key}",
-        ]
-    return "\n".join(lines)
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not and what to change.
+
+    Bound before anything else happens, so a taken port fails at once, not after the
+    catalog was opened and the demo seeded.
+    """
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    check_host = "check --host / WEIGHTPORT_HOST"
+    other_port = "choose another port with --port N or WEIGHTPORT_PORT=N (0 picks a free one)"
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as exc:
+        reason, hint = exc.strerror, check_host
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            reason, hint = "address already in use", other_port
+        else:
+            # Not exc.strerror: create_server appends the address to it, said once already.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            hint = check_host if exc.errno == errno.EADDRNOTAVAIL else other_port
+    raise click.ClickException(f"cannot listen on {address}: {reason}; {hint}")
 
 
 @click.command("serve")
@@ -165,6 +158,7 @@ def serve_command(
         data_dir=data_dir,
         database_url=database_url,
     )
+    sock = listen(settings.host, settings.port)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -173,15 +167,25 @@ def serve_command(
     key = bootstrap_admin(ctx)
     ft_id = seed_demo(ctx) if settings.seed_demo else None
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
-    base = settings.public_url or f"http://{host_part}:{settings.port}"
-    click.echo(banner(ctx, key, base, ft_id), err=True)
+    port = sock.getsockname()[1]
+    facts = ServeFacts(
+        base_url=settings.public_url or f"http://{host_part}:{port}",
+        data_dir=settings.data_dir,
+        new_key=key,
+        demo_fine_tune=ft_id,
+        command=weightport_command(),
+    )
+
+    def announce(*_aiohttp_message: object) -> None:
+        # aiohttp calls this once its site is serving: the moment the commands work.
+        click.echo(banner(facts), err=True)
+
     # The standard asyncio loop keeps sendfile; measured, aiohttp on uvloop loses it and
     # serves files at ~1 GB/s instead of ~2.9 GB/s.
     web.run_app(
         create_app(ctx),
-        host=settings.host,
-        port=settings.port,
-        print=None,
+        sock=sock,
+        print=announce,
         access_log=None,
         loop=asyncio.new_event_loop(),
     )
