@@ -7,6 +7,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
+
+from weightport.cli import cli
 from weightport.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +51,28 @@ def test_every_setting_is_in_the_readme_table() -> None:
     rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
     missing = [f.name for f in dataclasses.fields(Settings) if f"`{f.name}`" not in rows]
     assert missing == [], f"document these settings ({ENV_PREFIX}NAME) in README's table"
+
+
+def readme_command_lines() -> list[str]:
+    """The ``weightport ...`` lines of README's shell blocks, comments dropped."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.DOTALL)
+    lines = (line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines())
+    return [line for line in lines if line.startswith("weightport ")]
+
+
+def test_readme_commands_use_options_that_exist() -> None:
+    lines = readme_command_lines()
+    assert len(lines) >= 10
+    for line in lines:
+        command: click.Command = cli
+        words = line.split()[1:]
+        while isinstance(command, click.Group) and words:
+            found = command.get_command(click.Context(command), words[0])
+            if found is None:
+                break
+            command, words = found, words[1:]
+        assert not isinstance(command, click.Group), line
+        known = {opt for param in command.params for opt in param.opts}
+        used = {w.strip("[]").split("=", 1)[0] for w in words if w.strip("[").startswith("-")}
+        assert used <= known, f"{line}: unknown {sorted(used - known)}"
