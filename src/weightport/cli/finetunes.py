@@ -20,7 +20,7 @@ from weightport.cli.options import account_option, data_options
 from weightport.ingest import directory_files
 from weightport.services.archive_builds import archive_builds_of
 from weightport.services.together_resources import fine_tune_json
-from weightport.storage.factory import open_store
+from weightport.storage.factory import check_store_settings, open_store
 
 
 def _parse_step_dir(value: str, option: str) -> tuple[int, Path]:
@@ -72,8 +72,9 @@ def import_(
     steps = [(*_parse_step_dir(v, "--checkpoint"), finetunes.INTERMEDIATE) for v in intermediate]
     steps.append((*_parse_step_dir(final, "--final"), finetunes.FINAL))
     settings = settings_from(data_dir=data_dir, database_url=database_url)
+    check_store_settings(settings)  # a bad storage_url is refused before the catalog is opened
     with opened_catalog(settings) as catalog:
-        store = open_store(settings)
+        store = open_store(settings)  # only now: a local store creates its directories
         try:
             specs = [
                 CheckpointSpec(step, kind, artifact, store_files(store, directory_files(folder)))

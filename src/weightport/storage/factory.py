@@ -60,6 +60,16 @@ def is_s3_url(url: str) -> bool:
     return urlsplit(url.strip()).scheme == "s3"
 
 
+def check_store_settings(settings: Settings) -> None:
+    """Raise what :func:`open_store` would for the storage settings, creating nothing and
+    reaching no server (for commands that must leave nothing behind when they fail)."""
+    if is_s3_url(settings.storage_url):
+        S3Location.parse(settings.storage_url)
+        s3_connection(settings)
+    else:
+        _local_root(settings)
+
+
 def open_store(settings: Settings, *, housekeeping: bool = False) -> BlobStore:
     """The blob store ``settings.storage_url`` names, ready to use.
 
