@@ -90,6 +90,33 @@ def test_catalog_errors_name_the_directory_they_looked_at(
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "sqlite:///{tmp}/absent.db",
+            "no weightport catalog in database sqlite:///{tmp}/absent.db",
+        ),
+        ("sqlite:///{tmp}/no/such/dir.db", "no weightport catalog in database sqlite:///{tmp}/no/"),
+        (
+            "postgresql://u:pw@127.0.0.1:1/db",
+            "catalog in database postgresql://u:***@127.0.0.1:1/db:",
+        ),
+        ("not a url", "the database that --database-url / WEIGHTPORT_DATABASE_URL names"),
+    ],
+)
+def test_catalog_errors_name_the_database_without_its_password(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    url, expected = url.format(tmp=tmp_path), expected.format(tmp=tmp_path)
+    result = weightport("keys", "list", "--database-url", url, check=False, cwd=tmp_path)
+    assert result.returncode == 1
+    message = one_error_line(result)
+    assert expected in message, message
+    assert "pw@" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_models_push_and_list(live_server: LiveServer, tmp_path: Path) -> None:
     account = f"push-{secrets.token_hex(3)}"
     key = live_server.new_account(account)

@@ -19,8 +19,6 @@ from weightport.errors import InvalidArgument
 
 ENV_PREFIX = "WEIGHTPORT_"
 CONFIG_FILE_NAME = "weightport.toml"
-#: The SQLite catalog inside the data directory (when no database_url is set).
-CATALOG_FILE_NAME = "catalog.sqlite3"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -83,7 +81,7 @@ class Settings:
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / CATALOG_FILE_NAME).resolve()}"
+        return f"sqlite:///{(self.data_dir / 'catalog.sqlite3').resolve()}"
 
     def validate(self) -> Settings:
         if self.archive_encoding not in {"stored", "compressed", "auto"}:

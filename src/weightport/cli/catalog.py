@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from weightport.catalog.db import Catalog
-from weightport.config import CATALOG_FILE_NAME, Settings, load_settings
+from weightport.config import Settings, load_settings
 from weightport.errors import WeightportError
 
-_WHERE_HINT = "pass --data-dir or set WEIGHTPORT_DATA_DIR (weightport serve creates it)"
+_DATA_DIR_HINT = "pass --data-dir or set WEIGHTPORT_DATA_DIR (weightport serve creates it)"
+_DATABASE_HINT = "check --database-url / WEIGHTPORT_DATABASE_URL"
 
 
 def settings_from(**overrides: Any) -> Settings:
@@ -29,25 +31,49 @@ def settings_from(**overrides: Any) -> Settings:
 
 def catalog_location(settings: Settings) -> str:
     """Where the catalog is, for messages: the data directory, or the database URL sans password."""
-    if settings.database_url:
+    if not settings.database_url:
+        return f"data directory {settings.data_dir.resolve()}"
+    try:
         return f"database {make_url(settings.database_url).render_as_string(hide_password=True)}"
-    return f"data directory {settings.data_dir.resolve()}"
+    except ArgumentError:  # never echo a URL we cannot parse: it may hold a password
+        return "the database that --database-url / WEIGHTPORT_DATABASE_URL names"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (which SQLite would create if missing), else None."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # Catalog.open reports it
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _database_failure(exc: Exception, where: str) -> click.ClickException:
+    """The driver's own first line ("connection refused", "database is locked", a database
+    driver that is not installed), and where."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return click.ClickException(f"catalog in {where}: {reason}")
 
 
 @contextmanager
 def opened_catalog(settings: Settings) -> Iterator[Catalog]:
     """The existing catalog; catalog errors become one line that says where it looked."""
     where = catalog_location(settings)
-    if not settings.database_url and not (settings.data_dir / CATALOG_FILE_NAME).is_file():
-        raise click.ClickException(f"no weightport catalog in {where}: {_WHERE_HINT}")
+    sqlite_file = _sqlite_file(settings.effective_database_url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        hint = _DATABASE_HINT if settings.database_url else _DATA_DIR_HINT
+        raise click.ClickException(f"no weightport catalog in {where}: {hint}")
     try:
         catalog = Catalog.open(settings.effective_database_url)
-    except SQLAlchemyError as exc:
-        reason = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"cannot open the catalog in {where}: {reason}") from None
+    except (SQLAlchemyError, ImportError) as exc:
+        raise _database_failure(exc, where) from None
     try:
         yield catalog
     except WeightportError as exc:
         raise click.ClickException(f"{exc.message} (in {where})") from None
+    except SQLAlchemyError as exc:
+        raise _database_failure(exc, where) from None
     finally:
         catalog.close()
