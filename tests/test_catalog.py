@@ -41,8 +41,12 @@ def test_keys_are_stored_hashed_and_revocable(catalog: Catalog) -> None:
     with catalog.engine.connect() as connection:
         stored = connection.exec_driver_sql("SELECT secret_sha256 FROM api_keys").scalar_one()
     assert issued.secret not in stored and len(stored) == 64
-    assert catalog.call(lambda s: accounts.authenticate(s, issued.secret)) == "acct"
+    caller = catalog.call(lambda s: accounts.authenticate(s, issued.secret))
+    assert caller == accounts.Caller(account_id="acct", key_id=issued.id)
+    assert catalog.call(lambda s: accounts.key_is_active(s, issued.id))
     catalog.call(lambda s: accounts.revoke_key(s, issued.id))
+    assert not catalog.call(lambda s: accounts.key_is_active(s, issued.id))
+    assert not catalog.call(lambda s: accounts.key_is_active(s, "no-such-key"))
     with pytest.raises(Unauthenticated):
         catalog.call(lambda s: accounts.authenticate(s, issued.secret))
 

@@ -57,6 +57,9 @@ class Settings:
     #: Lifetime of signed download / upload URLs, seconds.
     download_url_ttl: int = 3600
     upload_url_ttl: int = 3600
+    #: Seconds a revoked API key's signed URLs may still be served: how long a replica
+    #: trusts an "active" answer about the key that minted a URL. 0: ask the catalog always.
+    revocation_delay: int = 5
     #: Most ranges served in one multi-range request before answering the whole entity.
     max_ranges: int = 64
     #: Largest JSON request body accepted, bytes.
@@ -99,6 +102,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
+        if self.revocation_delay < 0:
+            raise InvalidArgument("revocation_delay must not be negative")
         if not 1 <= self.archive_level <= 22:
             raise InvalidArgument("archive_level must be between 1 and 22")
         return self

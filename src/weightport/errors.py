@@ -16,7 +16,8 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     ├── Unauthenticated                  401 UNAUTHENTICATED
     ├── PermissionDenied                 403 PERMISSION_DENIED
     │   └── SignatureInvalid             403 (tampered, expired or unknown-key signed URL)
-    │       └── SignatureExpired         403 (an authentic signed URL past its expiry)
+    │       ├── SignatureExpired         403 (an authentic signed URL past its expiry)
+    │       └── SignatureRevoked         403 (minted by an API key since revoked)
     ├── NotFound (also LookupError)      404 NOT_FOUND
     ├── MethodNotAllowed                 405 UNIMPLEMENTED
     ├── AlreadyExists                    409 ALREADY_EXISTS
@@ -143,6 +144,12 @@ class SignatureExpired(SignatureInvalid):
     """An authentic signed URL used after its expiry: the caller should mint a fresh one."""
 
     code = "signature_expired"
+
+
+class SignatureRevoked(SignatureInvalid):
+    """An authentic signed URL whose minting API key has been revoked since."""
+
+    code = "signature_revoked"
 
 
 class NotFound(WeightportError, LookupError):

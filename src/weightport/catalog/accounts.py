@@ -28,6 +28,14 @@ class IssuedKey:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who a request's API key says it is: the account, and which of its keys was used."""
+
+    account_id: str
+    key_id: str
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     id: str
     account_id: str
@@ -74,8 +82,8 @@ def create_key(session: Session, account_id: str, name: str = "") -> IssuedKey:
     return IssuedKey(id=key_id, account_id=account_id, secret=secret)
 
 
-def authenticate(session: Session, secret: str) -> str:
-    """The account id a presented key belongs to; :class:`Unauthenticated` otherwise.
+def authenticate(session: Session, secret: str) -> Caller:
+    """The account and key id a presented key belongs to; :class:`Unauthenticated` otherwise.
 
     The lookup is by sha256 of the presented secret, so timing reveals nothing about
     stored keys.
@@ -89,7 +97,13 @@ def authenticate(session: Session, secret: str) -> str:
     key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
     if key is None or key.revoked_at is not None:
         raise Unauthenticated("the API key you provided is invalid or revoked")
-    return key.account_id
+    return Caller(account_id=key.account_id, key_id=key.id)
+
+
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether the key exists and is not revoked (a deleted account's keys are gone)."""
+    revoked_at = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id)).one_or_none()
+    return revoked_at is not None and revoked_at[0] is None
 
 
 def list_keys(session: Session, account_id: str | None = None) -> list[KeyInfo]:

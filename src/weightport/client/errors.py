@@ -142,7 +142,12 @@ class _Row:
 # statuses the table does not know. gRPC codes come last because one code travels with
 # several statuses (OUT_OF_RANGE is a 400 at Fireworks, a 416 at weightport).
 _TABLE: tuple[_Row, ...] = (
-    _Row(SignedUrlRejected, (), (), ("signature_invalid", "signature_expired", "url_expired")),
+    _Row(
+        SignedUrlRejected,
+        (),
+        (),
+        ("signature_invalid", "signature_expired", "signature_revoked", "url_expired"),
+    ),
     _Row(
         BadRequest,
         (400, 405, 409, 412, 413, 417, 422),

@@ -18,6 +18,7 @@ from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.server.protocol import http_version_middleware, install_malformed_request_log
 from weightport.services.archive_builds import ArchiveBuilder
+from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
 from weightport.storage.factory import open_store
 
@@ -74,7 +75,12 @@ def build_context(settings: Settings) -> ServerContext:
     )
     builder.recover()
     return ServerContext(
-        settings=settings, catalog=catalog, store=store, signer=UrlSigner(keys), builder=builder
+        settings=settings,
+        catalog=catalog,
+        store=store,
+        signer=UrlSigner(keys),
+        builder=builder,
+        key_status=KeyStatusCache(catalog, settings.revocation_delay),
     )
 
 

@@ -1,8 +1,10 @@
 """Signed file routes: ``GET``/``HEAD``/``PUT /files/{account}/{model}/{path}``.
 
 No API key here: the signature in the query string is the credential. It binds the method,
-the decoded path, the expiry and the key id, plus what the route needs to stay honest:
-the blob's sha256 for downloads, the declared size and upload generation for uploads.
+the decoded path, the expiry and the signing key id, the id of the API key that minted the
+URL (so revoking that key revokes its URLs, within ``revocation_delay``), plus what the route
+needs to stay honest: the blob's sha256 for downloads, the declared size and upload
+generation for uploads.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from weightport.server.context import ServerContext, context_of
 from weightport.server.protocol import defer_continue, send_continue
 
 PREFIX = "/files"
+#: The bound parameter (``X-Wp-key``) naming the API key that minted a URL.
+MINTED_BY = "key"
 UPLOAD_BUFFER = 1 << 20
 
 
@@ -38,16 +42,17 @@ def signed_file_url(
     model_id: str,
     path: str,
     ttl: int,
+    minted_by: str,
     bound: dict[str, str],
 ) -> str:
-    """A signed URL for one file of a model."""
+    """A signed URL for one file of a model, bound to the API key id ``minted_by``."""
     now = ctx.now()
     query = ctx.signer.sign(
         method,
         _decoded_path(account, model_id, path),
         expires_at=now + ttl,
         now=now,
-        bound=bound,
+        bound={**bound, MINTED_BY: minted_by},
     )
     raw_path = f"{PREFIX}/{quote(account, safe='')}/{quote(model_id, safe='')}/{quote(path)}"
     return f"{base}{raw_path}?{urlencode(query)}"
@@ -60,19 +65,26 @@ def _target(request: web.Request) -> tuple[str, str, str]:
     return account, model_id, path
 
 
-def _verify(request: web.Request, method: str) -> dict[str, str]:
+async def _verify(request: web.Request, method: str) -> dict[str, str]:
+    """The URL's bound parameters once its signature holds and its minting key is active."""
     ctx = context_of(request)
     account, model_id, path = _target(request)
     bound = ctx.signer.verify(
         method, _decoded_path(account, model_id, path), request.query, now=ctx.now()
     )
+    minted_by = bound.get(MINTED_BY)
+    if not minted_by:
+        raise SignatureInvalid(
+            "signed URL: it names no API key (minted by an older weightport); request a fresh one"
+        )
+    await ctx.key_status.require_active(minted_by)
     return dict(bound)
 
 
 async def download(request: web.Request) -> web.StreamResponse:
     """Serve a READY model's file: Range, HEAD, conditional requests, zero-copy if local."""
     ctx = context_of(request)
-    bound = _verify(request, "GET")
+    bound = await _verify(request, "GET")
     account, model_id, path = _target(request)
     sha256 = bound.get("sha256", "")
 
@@ -92,7 +104,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def upload(request: web.Request) -> web.Response:
     """Receive one declared file: size enforced, sha256 computed while streaming to the store."""
     ctx = context_of(request)
-    bound = _verify(request, "PUT")
+    bound = await _verify(request, "PUT")
     account, model_id, path = _target(request)
     try:
         size = int(bound["size"])

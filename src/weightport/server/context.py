@@ -11,6 +11,7 @@ from weightport.catalog.db import Catalog
 from weightport.config import Settings
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.finetune_archives import PlanCache
+from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore
 
@@ -22,6 +23,7 @@ class ServerContext:
     store: BlobStore
     signer: UrlSigner
     builder: ArchiveBuilder
+    key_status: KeyStatusCache
     plans: PlanCache = field(default_factory=PlanCache)
 
     def public_base(self, request: web.Request) -> str:

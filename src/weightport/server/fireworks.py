@@ -33,7 +33,13 @@ from weightport.server.fireworks_resources import (
     model_json,
     parse_read_mask,
 )
-from weightport.server.requests import authenticated_account, json_body, query_bool, query_int
+from weightport.server.requests import (
+    authenticated_account,
+    caller_of,
+    json_body,
+    query_bool,
+    query_int,
+)
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.Response]]
 
@@ -177,6 +183,7 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
         raise PayloadTooLarge(f"{too_big[0]!r} is larger than the {limit}-byte upload limit")
     files = await ctx.catalog.run(lambda s: registry.declare_files(s, account, model_id, sizes))
     base = ctx.public_base(request)
+    minted_by = caller_of(request).key_id
     urls = {
         f.path: signed_file_url(
             ctx,
@@ -186,6 +193,7 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
             model_id=model_id,
             path=f.path,
             ttl=ctx.settings.upload_url_ttl,
+            minted_by=minted_by,
             bound={"size": str(f.declared_size), "gen": str(f.generation)},
         )
         for f in files
@@ -268,6 +276,7 @@ async def get_download_endpoint(request: web.Request, account: str, model_id: st
             "validateUpload once every file has landed"
         )
     base = ctx.public_base(request)
+    minted_by = caller_of(request).key_id
     urls: dict[str, str] = {}
     sizes: dict[str, str] = {}
     digests: dict[str, str] = {}
@@ -282,6 +291,7 @@ async def get_download_endpoint(request: web.Request, account: str, model_id: st
             model_id=model_id,
             path=f.path,
             ttl=ctx.settings.download_url_ttl,
+            minted_by=minted_by,
             bound={"sha256": f.sha256},
         )
         sizes[f.path] = str(f.declared_size)

@@ -12,9 +12,12 @@ from weightport.catalog import accounts
 from weightport.errors import InvalidArgument, PayloadTooLarge, Unauthenticated
 from weightport.server.context import context_of
 
+#: The authenticated caller, kept on the request for handlers that mint signed URLs.
+CALLER = web.RequestKey("weightport_caller", accounts.Caller)
 
-async def authenticated_account(request: web.Request) -> str:
-    """The account of the bearer key on the request, or :class:`Unauthenticated`."""
+
+async def authenticate(request: web.Request) -> accounts.Caller:
+    """The account and key id of the bearer key on the request, or :class:`Unauthenticated`."""
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if not header:
@@ -22,7 +25,21 @@ async def authenticated_account(request: web.Request) -> str:
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthenticated("malformed Authorization header: use Bearer <key>")
     ctx = context_of(request)
-    return await ctx.catalog.run(lambda s: accounts.authenticate(s, secret.strip()))
+    caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret.strip()))
+    request[CALLER] = caller
+    return caller
+
+
+async def authenticated_account(request: web.Request) -> str:
+    """The account of the bearer key on the request, or :class:`Unauthenticated`."""
+    return (await authenticate(request)).account_id
+
+
+def caller_of(request: web.Request) -> accounts.Caller:
+    """The caller :func:`authenticate` established for this request."""
+    if CALLER not in request:
+        raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
+    return request[CALLER]
 
 
 #: Deepest JSON nesting accepted in a request body. No API body nests beyond ~5 levels; the
