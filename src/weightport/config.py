@@ -76,6 +76,8 @@ class Settings:
     #: Signing keys "kid:secret,kid2:secret2"; the first signs, all verify. Empty: a key
     #: generated once and kept in the data directory (one machine only).
     signing_keys: str = ""
+    #: How long a web console sign-in lasts, seconds.
+    console_session_ttl: int = 12 * 3600
     #: Seed the demo model and fine-tune on first start.
     seed_demo: bool = False
     log_level: str = "info"
@@ -99,6 +101,7 @@ class Settings:
             "archive_threads",
             "s3_max_put_size",
             "staging_max_age",
+            "console_session_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")

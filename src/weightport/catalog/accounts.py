@@ -16,6 +16,8 @@ from weightport.errors import AlreadyExists, InvalidArgument, NotFound, Unauthen
 
 ACCOUNT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 KEY_PREFIX = "wp_"
+#: The account created on first start; it alone manages keys in the web console.
+ADMIN_ACCOUNT = "admin"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -88,6 +88,17 @@ def get_model(session: Session, account_id: str, model_id: str) -> Model:
     )
     if model is None:
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
+    return model
+
+
+def get_downloadable(session: Session, account_id: str, model_id: str) -> Model:
+    """The model, if its files may be downloaded (it is READY); FAILED_PRECONDITION if not."""
+    model = get_model(session, account_id, model_id)
+    if model.state != READY:
+        raise FailedPrecondition(
+            f'model "{resource_name(account_id, model_id)}" is {model.state}: call '
+            "validateUpload once every file has landed"
+        )
     return model
 
 
@@ -235,8 +246,11 @@ def list_models(
     page_token: str = "",
     order_by: str = "",
     filter_text: str = "",
+    search: str = "",
 ) -> Page:
-    """One page of an account's models. Page tokens are opaque offsets."""
+    """One page of an account's models. Page tokens are opaque offsets (see
+    :func:`page_token_at`). ``search`` keeps models whose id or display name contains it,
+    ignoring case."""
     if page_size < 0:
         raise InvalidArgument("pageSize must not be negative")
     page_size = min(page_size or 50, 200)
@@ -249,10 +263,22 @@ def list_models(
     if not 0 <= offset <= MAX_OFFSET:
         raise InvalidArgument(f"invalid pageToken {page_token!r}")
     base = _parse_filter(select(Model).where(Model.account_id == account_id), filter_text)
+    if search:
+        base = base.where(
+            or_(
+                Model.model_id.icontains(search, autoescape=True),
+                Model.display_name.icontains(search, autoescape=True),
+            )
+        )
     total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
     models = list(session.scalars(_parse_order(base, order_by).offset(offset).limit(page_size)))
     next_offset = offset + len(models)
     return Page(models, str(next_offset) if next_offset < total else "", total)
+
+
+def page_token_at(offset: int) -> str:
+    """The page token of the page that starts at ``offset`` (for numbered pages)."""
+    return str(offset) if offset > 0 else ""
 
 
 def parse_sizes(filename_to_size: Any) -> dict[str, int]:

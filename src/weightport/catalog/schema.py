@@ -200,6 +200,23 @@ class CheckpointFile(Base):
     checkpoint: Mapped[Checkpoint] = relationship(back_populates="files")
 
 
+class ConsoleSession(Base):
+    """A web console sign-in. The browser holds a random token; the catalog only its sha256.
+
+    Kept in the catalog rather than in process memory so every replica sees it and signing
+    out ends it everywhere; the key it was opened with is re-checked on every request.
+    """
+
+    __tablename__ = "console_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+    key: Mapped[ApiKey] = relationship()
+
+
 class ArchiveBuild(Base):
     """A compressed archive built once and cached in the blob store, keyed by plan digest."""
 

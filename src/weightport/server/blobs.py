@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry
+from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
 from weightport.paths import validate_relative_path
 from weightport.server.byteserve import Entity, blob_body, serve_entity
@@ -56,6 +57,27 @@ def signed_file_url(
     )
     raw_path = f"{PREFIX}/{quote(account, safe='')}/{quote(model_id, safe='')}/{quote(path)}"
     return f"{base}{raw_path}?{urlencode(query)}"
+
+
+def signed_download_url(
+    ctx: ServerContext, base: str, model: Model, file: ModelFile, *, minted_by: str
+) -> str:
+    """A fresh signed GET URL for a landed file of a READY model, bound to its sha256 (so it
+    can never serve other bytes) and to the API key id ``minted_by`` (revoking that key
+    revokes the URL), valid for ``download_url_ttl``."""
+    if file.sha256 is None:
+        raise FailedPrecondition(f"{file.path!r} has not been uploaded")
+    return signed_file_url(
+        ctx,
+        base,
+        method="GET",
+        account=model.account_id,
+        model_id=model.model_id,
+        path=file.path,
+        ttl=ctx.settings.download_url_ttl,
+        minted_by=minted_by,
+        bound={"sha256": file.sha256},
+    )
 
 
 def _target(request: web.Request) -> tuple[str, str, str]:

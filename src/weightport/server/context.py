@@ -41,4 +41,5 @@ CONTEXT = web.AppKey("weightport_context", ServerContext)
 
 
 def context_of(request: web.Request) -> ServerContext:
-    return request.app[CONTEXT]
+    # config_dict: also found from sub-applications (the web console is one).
+    return request.config_dict[CONTEXT]

@@ -33,7 +33,7 @@ from weightport.server.context import ServerContext, context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticated_account, json_body
 from weightport.services.archive_builds import BuildTarget
-from weightport.services.finetune_archives import prebuild_selections, select_artifact
+from weightport.services.finetune_archives import Selection, prebuild_selections, select_artifact
 from weightport.services.together_resources import fine_tune_json
 
 PREFIX = "/weightport/v1/fine-tunes"
@@ -43,12 +43,17 @@ def queue_prebuilds(ctx: ServerContext, job: FineTune) -> int:
     """With ``archive_prebuild`` on, queue compressed builds for a job; how many were new."""
     if not ctx.settings.archive_prebuild or ctx.settings.archive_encoding == "stored":
         return 0
-    queued = 0
-    for selection in prebuild_selections(job):
-        plan = ctx.plans.get(ctx.store, job, selection)
-        target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
-        queued += ctx.builder.submit(plan, target)
-    return queued
+    return sum(queue_build(ctx, job, selection)[1] for selection in prebuild_selections(job))
+
+
+def queue_build(ctx: ServerContext, job: FineTune, selection: Selection) -> tuple[str, bool]:
+    """Queue a compressed build of one archive unless it exists or runs (blocking).
+
+    Returns the archive plan's digest and whether a build was queued now.
+    """
+    plan = ctx.plans.get(ctx.store, job, selection)
+    target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
+    return plan.digest, ctx.builder.submit(plan, target)
 
 
 def _spec(ctx: ServerContext, account: str, entry: Any) -> CheckpointSpec:
@@ -141,10 +146,8 @@ async def build_archive(request: web.Request) -> web.Response:
     job = await ctx.catalog.run(lambda s: finetunes.get_fine_tune(s, account, ft_id))
     step = body.get("checkpoint_step")
     selection = select_artifact(job, body.get("checkpoint"), None if step is None else str(step))
-    plan = await asyncio.to_thread(ctx.plans.get, ctx.store, job, selection)
-    target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
-    queued = await asyncio.to_thread(ctx.builder.submit, plan, target)
-    return json_response({"plan_digest": plan.digest, "queued": queued}, status=202)
+    digest, queued = await asyncio.to_thread(queue_build, ctx, job, selection)
+    return json_response({"plan_digest": digest, "queued": queued}, status=202)
 
 
 def add_routes(app: web.Application) -> None:

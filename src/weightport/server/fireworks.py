@@ -24,7 +24,7 @@ from weightport.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from weightport.server.blobs import signed_file_url
+from weightport.server.blobs import signed_download_url, signed_file_url
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.fireworks_resources import (
@@ -269,34 +269,17 @@ async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
 async def get_download_endpoint(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     mask = parse_read_mask(request.query.get("readMask"), DOWNLOAD_FIELDS)
-    model = await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
-    if model.state != registry.READY:
-        raise FailedPrecondition(
-            f'model "{registry.resource_name(account, model_id)}" is {model.state}: call '
-            "validateUpload once every file has landed"
-        )
+    model = await ctx.catalog.run(lambda s: registry.get_downloadable(s, account, model_id))
     base = ctx.public_base(request)
     minted_by = caller_of(request).key_id
-    urls: dict[str, str] = {}
-    sizes: dict[str, str] = {}
-    digests: dict[str, str] = {}
-    for f in model.files:
-        if f.sha256 is None:
-            continue
-        urls[f.path] = signed_file_url(
-            ctx,
-            base,
-            method="GET",
-            account=account,
-            model_id=model_id,
-            path=f.path,
-            ttl=ctx.settings.download_url_ttl,
-            minted_by=minted_by,
-            bound={"sha256": f.sha256},
-        )
-        sizes[f.path] = str(f.declared_size)
-        digests[f.path] = f.sha256
-    body = {"filenameToSignedUrls": urls, "filenameToSize": sizes, "filenameToSha256": digests}
+    landed = [f for f in model.files if f.sha256 is not None]
+    body = {
+        "filenameToSignedUrls": {
+            f.path: signed_download_url(ctx, base, model, f, minted_by=minted_by) for f in landed
+        },
+        "filenameToSize": {f.path: str(f.declared_size) for f in landed},
+        "filenameToSha256": {f.path: f.sha256 for f in landed},
+    }
     return json_response(apply_read_mask(body, mask))
 
 

@@ -19,7 +19,7 @@ from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticated_account
-from weightport.services.archive_builds import BuildTarget, archive_builds_of
+from weightport.services.archive_builds import BuildTarget, archive_builds_of, usable_build
 from weightport.services.finetune_archives import Selection, select_artifact
 from weightport.services.together_resources import (
     checkpoint_entries,
@@ -88,13 +88,22 @@ async def _resolve(request: web.Request) -> tuple[FineTune, Selection]:
 
 async def download(request: web.Request) -> web.StreamResponse:
     """``GET /v1/finetune/download``: the checkpoint as one deterministic ``.tar.zst``."""
-    ctx = context_of(request)
     job, selection = await _resolve(request)
+    return await serve_archive(request, job, selection)
+
+
+async def serve_archive(
+    request: web.Request, job: FineTune, selection: Selection
+) -> web.StreamResponse:
+    """The archive of an already authorised selection: the cached compressed build when the
+    settings allow one, else the stored encoding; Range, HEAD and conditional requests."""
+    ctx = context_of(request)
     plan = await asyncio.to_thread(ctx.plans.get, ctx.store, job, selection)
     filename = f"{selection.top}.tar.zst"
     encoding = ctx.settings.archive_encoding
-    build = (
-        None if encoding == "stored" else await asyncio.to_thread(ctx.builder.ready, plan.digest)
+    build = usable_build(
+        encoding,
+        None if encoding == "stored" else await asyncio.to_thread(ctx.builder.ready, plan.digest),
     )
     if build is not None and build.blob_sha256 and build.size is not None:
         entity = Entity(

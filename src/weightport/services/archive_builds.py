@@ -42,6 +42,14 @@ def archive_builds_of(session: Session, ft_id: str) -> list[ArchiveBuild]:
     return list(session.scalars(query.order_by(ArchiveBuild.step, ArchiveBuild.artifact)))
 
 
+def usable_build(encoding: str, build: ArchiveBuild | None) -> ArchiveBuild | None:
+    """The compressed build a download serves under the ``archive_encoding`` setting, or None
+    when it serves the stored encoding."""
+    if encoding == "stored" or build is None or build.state != READY:
+        return None
+    return build if build.blob_sha256 and build.size is not None else None
+
+
 class ArchiveBuilder:
     """Runs compressed builds one at a time on a worker thread."""
 
