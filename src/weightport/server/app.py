@@ -13,7 +13,7 @@ from weightport.catalog.db import Catalog
 from weightport.catalog.schema import FineTune
 from weightport.config import Settings
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
-from weightport.server import blobs, finetune_admin, fireworks, together
+from weightport.server import blobs, console, finetune_admin, fireworks, together
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.server.protocol import http_version_middleware, install_malformed_request_log
@@ -103,6 +103,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     blobs.add_routes(app)
     together.add_routes(app)
     finetune_admin.add_routes(app)
+    console.add_routes(app)
 
     async def prebuild(_app: web.Application) -> None:
         # Checkpoints imported while the server was down get their builds now.

@@ -1,0 +1,120 @@
+"""What each checkpoint of a fine-tune can be downloaded as: the archives the Together API
+serves for it, their sizes as that API would serve them now, and the matching commands.
+
+Nothing is decided here that the API decides: :func:`select_artifact` says which archives a
+step offers, the plan cache gives their plans (a merged shard's size follows from the base's
+safetensors headers, so it is known before any merging), and :func:`usable_build` says
+whether a cached compressed build or the stored encoding is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from weightport.archive import stored_archive
+from weightport.catalog import finetunes
+from weightport.catalog.schema import ArchiveBuild, Checkpoint, FineTune
+from weightport.errors import InvalidArgument
+from weightport.server.console.commands import Command, finetune_commands
+from weightport.server.context import ServerContext
+from weightport.services.archive_builds import usable_build
+from weightport.services.finetune_archives import ADAPTER, MERGED, MODEL, Selection, select_artifact
+from weightport.services.together_resources import archive_json
+
+#: For each artifact: the API's ``checkpoint=`` value that asks for it, and its label.
+ARTIFACTS = {
+    MERGED: ("merged", "Merged model"),
+    ADAPTER: ("adapter", "LoRA adapter"),
+    MODEL: ("model_output_path", "Full model"),
+}
+
+
+@dataclass(frozen=True)
+class ArchiveDownload:
+    """One archive of one checkpoint."""
+
+    artifact: str
+    label: str
+    #: The API's ``checkpoint=`` value for it.
+    checkpoint: str
+    filename: str
+    #: Bytes a download gets now (the compressed build's size once one is served).
+    size: int
+    compressed: bool
+    plan_digest: str
+    #: Its compressed build (``archive_json``), if one was ever started.
+    build: dict[str, Any] | None
+    #: The console's own download link (the signed-in browser's session is the credential).
+    link: str
+    commands: list[Command]
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    checkpoint: Checkpoint
+    #: ``ft-…`` for the final checkpoint, ``ft-…:STEP`` for the others (as the CLIs take it).
+    ref: str
+    downloads: list[ArchiveDownload]
+
+
+def selections(job: FineTune, checkpoint: Checkpoint) -> list[Selection]:
+    """The distinct archives the download API serves for this checkpoint's step."""
+    found: dict[str, Selection] = {}
+    for value, _label in ARTIFACTS.values():
+        try:
+            selection = select_artifact(job, value, str(checkpoint.step))
+        except InvalidArgument:
+            continue  # this step holds no such files
+        # (Step 0 means "the final checkpoint" to the API: such a step cannot be asked for.)
+        if selection.checkpoint.pk == checkpoint.pk:
+            found.setdefault(selection.artifact, selection)
+    return [found[a] for a in ARTIFACTS if a in found]
+
+
+def _ref(job: FineTune, checkpoint: Checkpoint) -> str:
+    return job.id if checkpoint.kind == finetunes.FINAL else f"{job.id}:{checkpoint.step}"
+
+
+def checkpoint_rows(
+    ctx: ServerContext, base: str, job: FineTune, builds: Sequence[ArchiveBuild]
+) -> list[CheckpointRow]:
+    """Every checkpoint, newest step first, with its downloads (blocking: reads headers of
+    safetensors files for merged plans the cache does not hold)."""
+    by_digest = {b.plan_digest: b for b in builds}
+    encoding = ctx.settings.archive_encoding
+    rows = []
+    for checkpoint in sorted(job.checkpoints, key=lambda c: c.step, reverse=True):
+        ref = _ref(job, checkpoint)
+        downloads = []
+        for selection in selections(job, checkpoint):
+            plan = ctx.plans.get(ctx.store, job, selection)
+            build = by_digest.get(plan.digest)
+            served = usable_build(encoding, build)
+            value, label = ARTIFACTS[selection.artifact]
+            filename = f"{selection.top}.tar.zst"
+            query = urlencode({"checkpoint": value, "step": checkpoint.step})
+            downloads.append(
+                ArchiveDownload(
+                    artifact=selection.artifact,
+                    label=label,
+                    checkpoint=value,
+                    filename=filename,
+                    size=served.size if served and served.size else stored_archive(plan).size,
+                    compressed=served is not None,
+                    plan_digest=plan.digest,
+                    build=archive_json(build) if build is not None else None,
+                    link=f"/console/fine-tunes/{job.id}/download?{query}",
+                    commands=finetune_commands(
+                        base,
+                        ref,
+                        value,
+                        filename,
+                        id_prefix=f"cmd-{checkpoint.step}-{selection.artifact}-",
+                    ),
+                )
+            )
+        rows.append(CheckpointRow(checkpoint, ref, downloads))
+    return rows
