@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the test suite and benchmarks call as real peers: zstd and GNU tar (archive
-# checks), curl (Range/resume checks). Installs them when missing and we are root.
+# checks), curl (Range/resume checks), chromium (the web console's browser tests, driven by
+# Playwright: `playwright install` cannot download its own browsers here). Installs them when
+# missing and we are root.
 set -euo pipefail
 missing=()
 for tool in zstd curl tar; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

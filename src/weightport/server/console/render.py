@@ -36,12 +36,14 @@ def human_size(size: int | None) -> str:
     """Bytes in decimal units, three significant digits: ``1.23 GB``."""
     if size is None:
         return "—"
+    if size < 1000:
+        return f"{size} B"
     value = float(size)
-    for unit in _UNITS:
-        if value < 1000 or unit == _UNITS[-1]:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+    for unit in _UNITS[1:]:
         value /= 1000
-    raise AssertionError("unreachable: the loop returns at the last unit")
+        if value < 999.5:
+            return f"{value:.3g} {unit}"
+    return f"{value:,.0f} {_UNITS[-1]}"
 
 
 def utc_time(moment: datetime | None) -> str:
