@@ -215,7 +215,10 @@ def test_revoking_the_key_ends_its_sessions(live_server: LiveServer) -> None:
         finally:
             catalog.close()
         assert sessions_left > 0  # the row stays; the key check refuses it
-        assert client.get("/console/models").status_code == 303
+        refused = client.get("/console/models")
+        assert refused.status_code == 303
+        (dropped,) = _set_cookie_headers(refused, SESSION_COOKIE)  # the dead cookie goes too
+        assert "Max-Age=0" in dropped
 
 
 def test_other_accounts_resources_are_not_found(

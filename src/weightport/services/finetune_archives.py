@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from weightport.archive import ArchiveMember, ArchivePlan
+from weightport.archive import ArchiveMember, ArchivePlan, stored_archive
 from weightport.catalog import finetunes
 from weightport.catalog.schema import Checkpoint, FineTune
 from weightport.errors import FailedPrecondition, InvalidArgument
@@ -80,10 +80,17 @@ def select_artifact(job: FineTune, checkpoint: str | None, step_raw: str | None)
         )
     else:
         chosen = final
+    return _artifact_at(job, chosen, checkpoint, by_step=bool(step))
+
+
+def _artifact_at(
+    job: FineTune, chosen: Checkpoint, checkpoint: str | None, *, by_step: bool
+) -> Selection:
+    """Which artifact of the chosen checkpoint a ``checkpoint=`` value names."""
     artifacts = {f.artifact for f in chosen.files}
     lora = job.training_type == finetunes.LORA
     if lora:
-        if checkpoint == "adapter" or (checkpoint is None and step):
+        if checkpoint == "adapter" or (checkpoint is None and by_step):
             artifact = ADAPTER
         elif finetunes.ADAPTER in artifacts:
             artifact = MERGED
@@ -104,6 +111,22 @@ def select_artifact(job: FineTune, checkpoint: str | None, step_raw: str | None)
             param="checkpoint",
         )
     return Selection(artifact, chosen, _top(job, artifact, chosen))
+
+
+def selections_at(job: FineTune, checkpoint: Checkpoint) -> list[Selection]:
+    """Every distinct archive the download serves for this checkpoint, asked for by its step
+    with each ``checkpoint=`` value: what a page lists for it. Unlike :func:`select_artifact`
+    it does not scan the job's other checkpoints (a page asks for all of them)."""
+    if checkpoint.step == 0 and checkpoint.kind != finetunes.FINAL:
+        return []  # checkpoint_step=0 means "the final checkpoint": step 0 itself is unreachable
+    found: dict[str, Selection] = {}
+    for value in ("merged", "adapter", "model_output_path"):
+        try:
+            selection = _artifact_at(job, checkpoint, value, by_step=True)
+        except InvalidArgument:
+            continue  # this checkpoint holds no such files, or the job type has no such thing
+        found.setdefault(selection.artifact, selection)
+    return list(found.values())
 
 
 def _sources(
@@ -153,13 +176,28 @@ def build_plan(store: BlobStore, job: FineTune, selection: Selection) -> Archive
     )
 
 
+@dataclass(frozen=True)
+class PlanSummary:
+    """What a page shows of an archive without holding its plan: identity and stored size."""
+
+    digest: str
+    stored_size: int
+
+
 class PlanCache:
     """Recent plans by (checkpoint, artifact): the probe, the GET and resumes reuse one plan
-    (and a merged view's warm tensor cache)."""
+    (and a merged view's warm tensor cache). Summaries of many more plans are kept too: a
+    fine-tune page lists every archive of every step, and a merged plan costs ~10-20 ms of
+    header parsing (a 291-tensor base, a 448-tensor adapter) where a summary costs nothing.
 
-    def __init__(self, capacity: int = 32) -> None:
+    Keys never go stale: a checkpoint's files and its base model's are immutable.
+    """
+
+    def __init__(self, capacity: int = 32, summaries: int = 16384) -> None:
         self._plans: OrderedDict[tuple[int, str], ArchivePlan] = OrderedDict()
+        self._summaries: OrderedDict[tuple[int, str], PlanSummary] = OrderedDict()
         self._capacity = capacity
+        self._summary_capacity = summaries
         self._lock = threading.Lock()
 
     def get(self, store: BlobStore, job: FineTune, selection: Selection) -> ArchivePlan:
@@ -170,11 +208,30 @@ class PlanCache:
                 self._plans.move_to_end(key)
                 return plan
         plan = build_plan(store, job, selection)
+        summary = PlanSummary(plan.digest, stored_archive(plan).size)
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > self._capacity:
                 self._plans.popitem(last=False)
+            self._remember(key, summary)
         return plan
+
+    def summary(self, store: BlobStore, job: FineTune, selection: Selection) -> PlanSummary:
+        """The digest and stored size of a selection's archive (planned once, then cached)."""
+        key = (selection.checkpoint.pk, selection.artifact)
+        with self._lock:
+            found = self._summaries.get(key)
+            if found is not None:
+                self._summaries.move_to_end(key)
+                return found
+        plan = self.get(store, job, selection)  # remembers the summary
+        return PlanSummary(plan.digest, stored_archive(plan).size)
+
+    def _remember(self, key: tuple[int, str], summary: PlanSummary) -> None:
+        self._summaries[key] = summary
+        self._summaries.move_to_end(key)
+        while len(self._summaries) > self._summary_capacity:
+            self._summaries.popitem(last=False)
 
 
 def prebuild_selections(job: FineTune) -> list[Selection]:

@@ -65,9 +65,9 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     try:
         response = await _guarded(request, handler)
+    except web.HTTPRedirection as exc:  # answered here so that its cookies are settled too
+        response = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise  # redirects
         response = error_page(request, _http_error(exc))
     except WeightportError as exc:
         response = error_page(request, exc)
@@ -79,7 +79,7 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not response.prepared:
         elapsed_ms = (time.perf_counter() - started) * 1000
         response.headers["Server-Timing"] = f"app;dur={elapsed_ms:.2f}"
-        session.keep_presession(request, response)
+        session.settle_cookies(request, response)
     return response
 
 

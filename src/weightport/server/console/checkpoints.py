@@ -1,10 +1,11 @@
 """What each checkpoint of a fine-tune can be downloaded as: the archives the Together API
 serves for it, their sizes as that API would serve them now, and the matching commands.
 
-Nothing is decided here that the API decides: :func:`select_artifact` says which archives a
-step offers, the plan cache gives their plans (a merged shard's size follows from the base's
-safetensors headers, so it is known before any merging), and :func:`usable_build` says
-whether a cached compressed build or the stored encoding is served.
+Nothing is decided here that the API decides: :func:`selections_at` says which archives a
+step offers (the API's own artifact choice), the plan cache summarises their plans (a merged
+shard's size follows from the base's safetensors headers, so it is known before any
+merging), and :func:`usable_build` says whether a cached compressed build or the stored
+encoding is served.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from weightport.archive import stored_archive
 from weightport.catalog import finetunes
 from weightport.catalog.schema import ArchiveBuild, Checkpoint, FineTune
-from weightport.errors import InvalidArgument
 from weightport.server.console.commands import Command, finetune_commands
 from weightport.server.context import ServerContext
 from weightport.services.archive_builds import usable_build
-from weightport.services.finetune_archives import ADAPTER, MERGED, MODEL, Selection, select_artifact
+from weightport.services.finetune_archives import ADAPTER, MERGED, MODEL, selections_at
 from weightport.services.together_resources import archive_json
 
 #: For each artifact: the API's ``checkpoint=`` value that asks for it, and its label.
@@ -60,20 +59,6 @@ class CheckpointRow:
     downloads: list[ArchiveDownload]
 
 
-def selections(job: FineTune, checkpoint: Checkpoint) -> list[Selection]:
-    """The distinct archives the download API serves for this checkpoint's step."""
-    found: dict[str, Selection] = {}
-    for value, _label in ARTIFACTS.values():
-        try:
-            selection = select_artifact(job, value, str(checkpoint.step))
-        except InvalidArgument:
-            continue  # this step holds no such files
-        # (Step 0 means "the final checkpoint" to the API: such a step cannot be asked for.)
-        if selection.checkpoint.pk == checkpoint.pk:
-            found.setdefault(selection.artifact, selection)
-    return [found[a] for a in ARTIFACTS if a in found]
-
-
 def _ref(job: FineTune, checkpoint: Checkpoint) -> str:
     return job.id if checkpoint.kind == finetunes.FINAL else f"{job.id}:{checkpoint.step}"
 
@@ -89,8 +74,8 @@ def checkpoint_rows(
     for checkpoint in sorted(job.checkpoints, key=lambda c: c.step, reverse=True):
         ref = _ref(job, checkpoint)
         downloads = []
-        for selection in selections(job, checkpoint):
-            plan = ctx.plans.get(ctx.store, job, selection)
+        for selection in selections_at(job, checkpoint):
+            plan = ctx.plans.summary(ctx.store, job, selection)
             build = by_digest.get(plan.digest)
             served = usable_build(encoding, build)
             value, label = ARTIFACTS[selection.artifact]
@@ -102,7 +87,7 @@ def checkpoint_rows(
                     label=label,
                     checkpoint=value,
                     filename=filename,
-                    size=served.size if served and served.size else stored_archive(plan).size,
+                    size=served.size if served and served.size else plan.stored_size,
                     compressed=served is not None,
                     plan_digest=plan.digest,
                     build=archive_json(build) if build is not None else None,

@@ -103,14 +103,19 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
 
 def presession(request: web.Request) -> str:
     """The request's pre-sign-in binding value, minting one if it has none yet (the response
-    must then carry it: see :func:`keep_presession`)."""
+    must then carry it: see :func:`settle_cookies`)."""
     return request.cookies.get(PRESESSION_COOKIE) or request.setdefault(
         _NEW_PRESESSION, secrets.token_urlsafe(32)
     )
 
 
-def keep_presession(request: web.Request, response: web.StreamResponse) -> None:
-    """Send a pre-sign-in cookie minted while rendering this response."""
+def settle_cookies(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a pre-sign-in cookie minted while rendering this response, and drop a session
+    cookie that no longer opens anything (ended, expired, or its key revoked)."""
     minted = request.get(_NEW_PRESESSION)
     if minted is not None:
         _set(response, request, PRESESSION_COOKIE, minted, PRESESSION_TTL_S)
+    lookup = request.get(_IDENTITY)
+    stale = lookup is not None and lookup.who is None and SESSION_COOKIE in request.cookies
+    if stale and SESSION_COOKIE not in response.cookies:
+        clear_session_cookie(response)
