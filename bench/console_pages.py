@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -27,7 +28,15 @@ import urllib3
 from safetensors.numpy import save
 from sqlalchemy import insert, select
 
-from bench.common import Row, machine_info, markdown_table, median, scratch_dir, write_results
+from bench.common import (
+    Row,
+    cpu_seconds,
+    machine_info,
+    markdown_table,
+    median,
+    scratch_dir,
+    write_results,
+)
 from bench.servers import WeightportServer
 from weightport import demo
 from weightport.catalog import finetunes, registry
@@ -213,12 +222,13 @@ def run(*, quick: bool = False, reps: int | None = None) -> dict[str, Any]:
             # The first fine-tune page after start plans every archive (merged plans parse
             # the base's and each adapter's safetensors headers); later views reuse them.
             cold = timed(server, cookie, pages[f"fine-tune page, {checkpoints} checkpoints"])
-            samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in pages}
-            for path in pages.values():  # warm-up
-                timed(server, cookie, path)
-            for _ in range(reps):
-                for name, path in pages.items():
-                    samples[name].append(timed(server, cookie, path))
+            samples: dict[str, list[tuple[float, float, int]]] = {}
+            cpu_ms: dict[str, float] = {}
+            for name, path in pages.items():
+                timed(server, cookie, path)  # warm-up
+                before = cpu_seconds(server.pid)
+                samples[name] = [timed(server, cookie, path) for _ in range(reps)]
+                cpu_ms[name] = (cpu_seconds(server.pid) - before) * 1000 / reps
         finally:
             server.stop()
     rows = [
@@ -241,6 +251,7 @@ def run(*, quick: bool = False, reps: int | None = None) -> dict[str, Any]:
                 server_ms < TARGET_MS,
             )
         )
+        rows.append(Row(NAME, f"{name}: server CPU", cpu_ms[name], "ms"))
         rows.append(Row(NAME, f"{name}: client time", median([v[1] for v in values]), "ms"))
     return {
         "name": NAME,
@@ -256,6 +267,8 @@ def run(*, quick: bool = False, reps: int | None = None) -> dict[str, Any]:
             for name, values in samples.items()
         },
         "cold_ms": cold[:2],
+        "server_cpu_ms": cpu_ms,
+        "loadavg_at_end": list(os.getloadavg()),
         "rows": [row.__dict__ for row in rows],
     }
 

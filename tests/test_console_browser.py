@@ -116,8 +116,8 @@ def test_copy_the_merged_download_command_and_run_it(
     sign_in(page, live_server, live_server.admin_key)
     page.get_by_role("link", name="Fine-tunes").click()
     page.get_by_role("link", name="admin/demo-llama-demo").click()
-    expect(page.get_by_role("heading", name="Step 30 final")).to_be_visible()
-    merged = page.locator("#step-30 .download").filter(has_text="Merged model")
+    expect(page.get_by_role("heading", name="Final checkpoint · step 30")).to_be_visible()
+    merged = page.locator("#final .download").filter(has_text="Merged model")
     expected = api_archive(live_server, demo_job, "checkpoint=merged")
     for client in ("weightport", "together"):
         merged.locator(f'button[data-copy="cmd-30-merged-{client}"]').click()
@@ -295,6 +295,7 @@ def test_browsing_works_without_javascript(
     expect(page.get_by_role("button", name="Copy")).to_have_count(0)  # copying needs JS
     page.get_by_role("link", name="Fine-tunes").click()
     page.get_by_role("link", name="admin/demo-llama-demo").click()
+    page.get_by_role("link", name="Step 10", exact=True).click()
     page.locator("#step-10 summary").first.click()  # <details> opens without JS
     expect(page.locator("#cmd-10-merged-together")).to_contain_text(f"{demo_job}:10 -c merged")
 
@@ -341,7 +342,7 @@ def test_live_archive_build_progress(
     page = new_context().new_page()
     sign_in(page, server, server.admin_key)
     page.goto(f"{server.base_url}/console/fine-tunes/{ft_id}")
-    full = page.locator("#step-100 .download")
+    full = page.locator("#final .download")
     stored_size = full.locator("[data-size]").inner_text()
     expect(full.locator("[data-encoding]")).to_have_text("stored")
     full.get_by_role("button", name="Build compressed archive").click()

@@ -308,17 +308,23 @@ def test_fine_tune_page_shows_what_the_api_serves(
         query = f"ft_id={demo_job}&checkpoint={checkpoint}&checkpoint_step={step}"
         api = httpx.head(f"{live_server.base_url}/v1/finetune/download?{query}", headers=headers)
         size = int(api.headers["content-length"])
-        console = admin.head(
-            f"/console/fine-tunes/{demo_job}/download?checkpoint={checkpoint}&step={step}"
-        )
+        link = f"/console/fine-tunes/{demo_job}/download?checkpoint={checkpoint}&step={step}"
+        console = admin.head(link)
         assert console.status_code == 200
         assert int(console.headers["content-length"]) == size
         assert console.headers["etag"] == api.headers["etag"]
         assert console.headers["content-disposition"] == api.headers["content-disposition"]
-        section = text.split(f'id="step-{step}"', 1)[1].split("</section>", 1)[0]
         label = "Merged model" if checkpoint == "merged" else "LoRA adapter"
-        block = section.split(f"<h3>{label}</h3>", 1)[1].split('class="download"', 1)[0]
+        row = text.split(f'<tr id="step-{step}">', 1)[1].split("</tr>", 1)[0]
+        cell = row.split(f'<a href="{link.replace("&", "&amp;")}"', 1)[1].split("</span></span>")[0]
+        assert f">{label}<" in cell and f"data-size>{human_size(size)}" in cell
+        page = (
+            text if step == 30 else admin.get(f"/console/fine-tunes/{demo_job}/steps/{step}").text
+        )
+        block = page.split(f"<h3>{label}</h3>", 1)[1].split('class="download"', 1)[0]
         assert f'<span class="size" data-size>{human_size(size)}</span>' in block
+    assert admin.get(f"/console/fine-tunes/{demo_job}/steps/15").status_code == 404
+    assert admin.get(f"/console/fine-tunes/{demo_job}/steps/x").status_code == 404
 
 
 def test_console_archive_is_the_api_archive(
@@ -471,7 +477,7 @@ def test_model_commands_run_as_shown(
 def test_fine_tune_commands_run_as_shown(
     live_server: LiveServer, admin: httpx.Client, demo_job: str, tmp_path: Path
 ) -> None:
-    page = admin.get(f"/console/fine-tunes/{demo_job}").text
+    page = admin.get(f"/console/fine-tunes/{demo_job}/steps/20").text
     command = element_text(page, "cmd-20-adapter-together")
     assert f"{demo_job}:20 -c adapter -o " in command
     result = _run_shell(command, tmp_path, live_server.admin_key)

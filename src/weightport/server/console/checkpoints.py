@@ -10,10 +10,9 @@ encoding is served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from weightport.catalog import finetunes
 from weightport.catalog.schema import ArchiveBuild, Checkpoint, FineTune
@@ -64,14 +63,20 @@ def _ref(job: FineTune, checkpoint: Checkpoint) -> str:
 
 
 def checkpoint_rows(
-    ctx: ServerContext, base: str, job: FineTune, builds: Sequence[ArchiveBuild]
+    ctx: ServerContext,
+    base: str,
+    job: FineTune,
+    builds: Sequence[ArchiveBuild],
+    checkpoints: Iterable[Checkpoint],
+    *,
+    with_commands: bool,
 ) -> list[CheckpointRow]:
-    """Every checkpoint, newest step first, with its downloads (blocking: reads headers of
-    safetensors files for merged plans the cache does not hold)."""
+    """The given checkpoints, newest step first, with their downloads and, if asked, their
+    commands (blocking: a merged plan the cache lacks reads safetensors headers)."""
     by_digest = {b.plan_digest: b for b in builds}
     encoding = ctx.settings.archive_encoding
     rows = []
-    for checkpoint in sorted(job.checkpoints, key=lambda c: c.step, reverse=True):
+    for checkpoint in sorted(checkpoints, key=lambda c: c.step, reverse=True):
         ref = _ref(job, checkpoint)
         downloads = []
         for selection in selections_at(job, checkpoint):
@@ -80,7 +85,18 @@ def checkpoint_rows(
             served = usable_build(encoding, build)
             value, label = ARTIFACTS[selection.artifact]
             filename = f"{selection.top}.tar.zst"
-            query = urlencode({"checkpoint": value, "step": checkpoint.step})
+            query = f"checkpoint={value}&step={checkpoint.step}"  # both plain tokens
+            commands = (
+                finetune_commands(
+                    base,
+                    ref,
+                    value,
+                    filename,
+                    id_prefix=f"cmd-{checkpoint.step}-{selection.artifact}-",
+                )
+                if with_commands
+                else []
+            )
             downloads.append(
                 ArchiveDownload(
                     artifact=selection.artifact,
@@ -92,13 +108,7 @@ def checkpoint_rows(
                     plan_digest=plan.digest,
                     build=archive_json(build) if build is not None else None,
                     link=f"/console/fine-tunes/{job.id}/download?{query}",
-                    commands=finetune_commands(
-                        base,
-                        ref,
-                        value,
-                        filename,
-                        id_prefix=f"cmd-{checkpoint.step}-{selection.artifact}-",
-                    ),
+                    commands=commands,
                 )
             )
         rows.append(CheckpointRow(checkpoint, ref, downloads))

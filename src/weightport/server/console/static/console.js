@@ -64,12 +64,14 @@
     return `${size} B`;
   };
 
+  const setText = (box, selector, text) => {
+    const element = box.querySelector(selector);
+    if (element) element.textContent = text;
+  };
+
   const showBuild = (box, build) => {
-    const state = box.querySelector("[data-build-state]");
-    if (state) {
-      const error = build.state === "failed" && build.error ? ` (${build.error})` : "";
-      state.textContent = `Compressed build: ${build.state}${error}`;
-    }
+    const error = build.state === "failed" && build.error ? ` (${build.error})` : "";
+    setText(box, "[data-build-state]", `Compressed build: ${build.state}${error}`);
     const progress = box.querySelector("[data-build-progress]");
     if (progress && (build.state === "pending" || build.state === "building")) {
       progress.max = build.total_bytes || 1;
@@ -79,12 +81,12 @@
       progress.remove();
     }
     if (build.state === "ready" && build.size !== null) {
-      box.querySelector("[data-size]").textContent = humanSize(build.size);
-      box.querySelector("[data-encoding]").textContent = "zstd-compressed";
-      announce(`Compressed archive ready: ${humanSize(build.size)}`);
+      setText(box, "[data-size]", humanSize(build.size));
+      setText(box, "[data-encoding]", "zstd-compressed");
     }
   };
 
+  const done = new Set();
   const poll = async (url) => {
     let data;
     try {
@@ -96,8 +98,12 @@
       return;
     }
     for (const build of data.archives) {
-      const box = document.querySelector(`[data-digest="${build.plan_digest}"]`);
-      if (box) showBuild(box, build);
+      const boxes = document.querySelectorAll(`[data-digest="${build.plan_digest}"]`);
+      for (const box of boxes) showBuild(box, build);
+      if (boxes.length && build.state === "ready" && !done.has(build.plan_digest)) {
+        done.add(build.plan_digest);
+        announce(`Compressed archive ready: ${humanSize(build.size)}`);
+      }
     }
     if (data.active) setTimeout(() => poll(url), 1000);
   };
