@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from weightport.catalog import accounts, sessions
 from weightport.catalog.db import Catalog
 from weightport.catalog.schema import ConsoleSession, utcnow
+from weightport.client.sources import DEFAULT_ACCOUNT
 from weightport.errors import Unauthenticated
 from weightport.server.console.commands import (
     FINETUNE_COMMANDS,
@@ -104,3 +105,8 @@ def test_fine_tune_commands_name_each_client_s_checkpoint() -> None:
 )
 def test_human_size(size: int | None, shown: str) -> None:
     assert human_size(size) == shown
+
+
+def test_the_console_admin_is_the_account_the_first_start_creates() -> None:
+    # `serve` bootstraps the client's default account; the console lets that account manage keys.
+    assert accounts.ADMIN_ACCOUNT == DEFAULT_ACCOUNT
