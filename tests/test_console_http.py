@@ -285,12 +285,16 @@ def test_browsing_without_javascript_reaches_every_page(admin: httpx.Client, dem
         assert head.status_code in (200, 302), target
 
 
-def test_file_link_redirects_to_a_fresh_signed_url(admin: httpx.Client) -> None:
+def test_file_link_redirects_to_a_fresh_signed_url(
+    live_server: LiveServer, admin: httpx.Client
+) -> None:
     expected = demo.demo_base_files()["model.safetensors"]
     first = admin.get("/console/models/demo-llama/files/model.safetensors")
     assert first.status_code == 302
     url = first.headers["location"]
     assert "X-Goog-Signature=" in url and "/files/admin/demo-llama/model.safetensors" in url
+    # Minted for the session's own key, so revoking that key revokes the URL too.
+    assert f"X-Wp-key={live_server.admin_key.split('_')[1]}" in url
     body = httpx.get(url).content  # no cookie, no key: the signature is the credential
     assert hashlib.sha256(body).digest() == hashlib.sha256(expected).digest()
     missing = admin.get("/console/models/demo-llama/files/nope.bin")

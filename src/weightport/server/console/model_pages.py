@@ -132,7 +132,9 @@ async def file_download(request: web.Request, who: SignedIn) -> web.StreamRespon
     file = next((f for f in model.files if f.path == path), None)
     if file is None:
         raise NotFound(f"Model {model_id} has no file {path!r}.")
-    raise web.HTTPFound(signed_download_url(ctx, ctx.public_base(request), model, file))
+    # Bound to the key the session was opened with: revoking it revokes this URL too.
+    url = signed_download_url(ctx, ctx.public_base(request), model, file, minted_by=who.key_id)
+    raise web.HTTPFound(url)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
