@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.orm import Session
 
-from weightport.catalog import accounts, finetunes, registry
-from weightport.catalog.db import Catalog
-from weightport.catalog.schema import Base
+from weightport.catalog import accounts, finetunes, registry, uploads
+from weightport.catalog.db import Catalog, alembic_config, make_engine, migrate
+from weightport.catalog.schema import Base, ModelFile
 from weightport.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -34,6 +35,26 @@ def test_migrations_produce_exactly_the_schema(catalog: Catalog) -> None:
     with catalog.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+
+
+def test_upload_epochs_start_past_existing_generations(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    command.upgrade(alembic_config(engine), "0002")
+    with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO accounts VALUES ('a', 'a', '2026-01-01 00:00:00')",
+            "INSERT INTO models (pk, account_id, model_id, display_name, description, kind, "
+            "state, extra, created_at, updated_at) VALUES (1, 'a', 'm', '', '', 'CUSTOM_MODEL', "
+            "'UPLOADING', '{}', '2026-01-01 00:00:00', '2026-01-01 00:00:00')",
+            "INSERT INTO model_files (model_pk, path, declared_size, generation) "
+            "VALUES (1, 'w', 1, 3), (1, 'v', 1, 1)",
+        ):
+            connection.exec_driver_sql(statement)
+    migrate(engine)
+    with engine.connect() as connection:
+        epoch = connection.exec_driver_sql("SELECT upload_epoch FROM models").scalar_one()
+    assert epoch == 3
+    engine.dispose()
 
 
 def test_keys_are_stored_hashed_and_revocable(catalog: Catalog) -> None:
@@ -76,28 +97,59 @@ def test_pages_filters_and_order(catalog: Catalog) -> None:
 def test_redeclaring_keeps_landed_files_and_resets_changed_ones(catalog: Catalog) -> None:
     def run(session: Session) -> dict[str, tuple[str | None, int]]:
         registry.create_model(session, "acct", "m", {})
-        files = registry.declare_files(session, "acct", "m", {"a": 1, "b": 2})
+        files = uploads.declare_files(session, "acct", "m", {"a": 1, "b": 2})
         for f in files:
-            registry.land_file(
-                session, "acct", "m", f.path, f.generation, "0" * 64, f.declared_size
-            )
-        again = registry.declare_files(session, "acct", "m", {"a": 1, "b": 3, "c": 4})
+            uploads.land_file(session, "acct", "m", f.path, f.generation, "0" * 64, f.declared_size)
+        again = uploads.declare_files(session, "acct", "m", {"a": 1, "b": 3, "c": 4})
         return {f.path: (f.sha256, f.generation) for f in again}
 
     state = catalog.call(run)
-    assert state == {"a": ("0" * 64, 1), "b": (None, 2), "c": (None, 1)}
+    # Generations are the model's upload epoch: "c", new in the second declaration, gets 2.
+    assert state == {"a": ("0" * 64, 1), "b": (None, 2), "c": (None, 2)}
     with pytest.raises(FailedPrecondition):
-        catalog.call(lambda s: registry.land_file(s, "acct", "m", "b", 1, "1" * 64, 2))
+        catalog.call(lambda s: uploads.land_file(s, "acct", "m", "b", 1, "1" * 64, 2))
     with pytest.raises(FailedPrecondition):
-        catalog.call(lambda s: registry.mark_ready(s, "acct", "m"))
+        catalog.call(lambda s: uploads.mark_ready(s, "acct", "m"))
+
+
+def test_declared_digests_decide_what_may_land(catalog: Catalog) -> None:
+    ours, theirs = "a" * 64, "b" * 64
+
+    def declare(session: Session, digests: dict[str, str] | None) -> dict[str, ModelFile]:
+        files = uploads.declare_files(session, "acct", "d", {"w": 4}, digests)
+        return {f.path: f for f in files}
+
+    def setup(session: Session) -> int:
+        registry.create_model(session, "acct", "d", {})
+        (w,) = declare(session, None).values()  # another client, no digest
+        uploads.land_file(session, "acct", "d", "w", w.generation, theirs, 4)
+        return w.generation
+
+    old_generation = catalog.call(setup)
+    w = catalog.call(lambda s: declare(s, {"w": ours})["w"])
+    assert (w.sha256, w.expected_sha256) == (None, ours)  # foreign bytes dropped
+    assert w.generation > old_generation
+    with pytest.raises(FailedPrecondition, match="no longer declared"):
+        catalog.call(lambda s: uploads.land_file(s, "acct", "d", "w", old_generation, theirs, 4))
+    with pytest.raises(FailedPrecondition, match="was declared"):
+        catalog.call(lambda s: uploads.land_file(s, "acct", "d", "w", w.generation, theirs, 4))
+    catalog.call(lambda s: uploads.land_file(s, "acct", "d", "w", w.generation, ours, 4))
+    again = catalog.call(lambda s: declare(s, {"w": ours})["w"])
+    assert (again.sha256, again.generation) == (ours, w.generation)  # unchanged: kept
+    # Removed and declared again: a fresh generation, never one an old URL carries.
+    catalog.call(lambda s: uploads.declare_files(s, "acct", "d", {"other": 1}))
+    readded = catalog.call(lambda s: declare(s, None)["w"])
+    assert readded.generation > again.generation
+    with pytest.raises(FailedPrecondition, match="not uploaded yet: w"):
+        catalog.call(lambda s: uploads.mark_ready(s, "acct", "d"))
 
 
 def test_fine_tune_rules(catalog: Catalog) -> None:
     def base(session: Session) -> None:
         registry.create_model(session, "acct", "base", {})
-        (f,) = registry.declare_files(session, "acct", "base", {"config.json": 2})
-        registry.land_file(session, "acct", "base", f.path, f.generation, "0" * 64, 2)
-        registry.mark_ready(session, "acct", "base")
+        (f,) = uploads.declare_files(session, "acct", "base", {"config.json": 2})
+        uploads.land_file(session, "acct", "base", f.path, f.generation, "0" * 64, 2)
+        uploads.mark_ready(session, "acct", "base")
 
     catalog.call(base)
     job = catalog.call(

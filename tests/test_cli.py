@@ -141,8 +141,15 @@ def test_models_push_and_list(live_server: LiveServer, tmp_path: Path) -> None:
     assert endpoint["filenameToSha256"] == {
         name: hashlib.sha256(body).hexdigest() for name, body in files.items()
     }
-    again = weightport("models", "push", str(folder), "--model", "pushed", *target, check=False)
-    assert again.returncode == 1 and "already READY" in again.stderr
+    # Pushing the same directory again verifies and succeeds; different bytes cannot.
+    again = weightport("models", "push", str(folder), "--model", "pushed", "--quiet", *target)
+    assert "READY" in again.stdout
+    (folder / "config.json").write_bytes(b'{"model_type": "other"}')
+    changed = weightport("models", "push", str(folder), "--model", "pushed", *target, check=False)
+    assert changed.returncode == 1
+    assert "does not hold the files pushed (different bytes: config.json)" in one_error_line(
+        changed
+    )
 
 
 def write(folder: Path, files: dict[str, bytes]) -> Path:

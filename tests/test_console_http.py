@@ -29,7 +29,7 @@ from tests.console_helpers import (
     signed_in_client,
 )
 from weightport import demo
-from weightport.catalog import accounts, registry
+from weightport.catalog import accounts, registry, uploads
 from weightport.catalog.schema import ConsoleSession
 from weightport.server.console.render import human_size
 
@@ -397,7 +397,7 @@ def test_model_page_of_an_unfinished_upload(live_server: LiveServer) -> None:
 
     def seed(session: Session) -> None:
         registry.create_model(session, account, "half", {})
-        registry.declare_files(session, account, "half", {"config.json": 10})
+        uploads.declare_files(session, account, "half", {"config.json": 10})
 
     try:
         catalog.call(seed)

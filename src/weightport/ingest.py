@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from weightport.catalog import registry
+from weightport.catalog import registry, uploads
 from weightport.catalog.db import Catalog
 from weightport.paths import validate_relative_path
 from weightport.storage.base import BlobInfo, BlobStore
@@ -66,16 +66,16 @@ def register_model(
 ) -> None:
     """Create a READY model from local files, through the same steps a remote upload takes."""
     landed = {path: store_data(store, data) for path, data in sorted(files.items())}
-    sizes = registry.parse_sizes({path: info.size for path, info in landed.items()})
+    sizes = uploads.parse_sizes({path: info.size for path, info in landed.items()})
 
     def run(session: Session) -> None:
         registry.create_model(session, account_id, model_id, fields)
-        declared = registry.declare_files(session, account_id, model_id, sizes)
+        declared = uploads.declare_files(session, account_id, model_id, sizes)
         for file in declared:
             info = landed[file.path]
-            registry.land_file(
+            uploads.land_file(
                 session, account_id, model_id, file.path, file.generation, info.key, info.size
             )
-        registry.mark_ready(session, account_id, model_id)
+        uploads.mark_ready(session, account_id, model_id)
 
     catalog.call(run)

@@ -12,9 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from weightport.catalog.db_errors import Violation, violation
-from weightport.catalog.schema import FineTune, Model, ModelFile, utcnow
+from weightport.catalog.schema import FineTune, Model, utcnow
 from weightport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from weightport.paths import validate_relative_path
 
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?$")
 
@@ -34,7 +33,6 @@ KINDS = frozenset(
     }
 )
 UPLOADING, READY = "UPLOADING", "READY"
-MAX_FILES = 10_000
 MAX_OFFSET = 2**63 - 1
 
 #: Model fields the catalog stores in their own columns; everything else goes to ``extra``.
@@ -279,115 +277,3 @@ def list_models(
 def page_token_at(offset: int) -> str:
     """The page token of the page that starts at ``offset`` (for numbered pages)."""
     return str(offset) if offset > 0 else ""
-
-
-def parse_sizes(filename_to_size: Any) -> dict[str, int]:
-    """Validate ``filenameToSize``: relative paths to sizes given as numbers or strings."""
-    if not isinstance(filename_to_size, dict) or not filename_to_size:
-        raise InvalidArgument("filenameToSize must be a non-empty object of path -> size")
-    if len(filename_to_size) > MAX_FILES:
-        raise InvalidArgument(f"a model may have at most {MAX_FILES} files")
-    sizes: dict[str, int] = {}
-    for path, raw in filename_to_size.items():
-        validate_relative_path(path)
-        if isinstance(raw, bool) or not isinstance(raw, int | str):
-            raise InvalidArgument(f"size of {path!r} must be an integer or a decimal string")
-        try:
-            size = int(raw)
-        except ValueError:
-            raise InvalidArgument(f"size of {path!r} is not an integer: {raw!r}") from None
-        if size < 0:
-            raise InvalidArgument(f"size of {path!r} must not be negative")
-        sizes[path] = size
-    _check_prefix_clashes(sizes)
-    return sizes
-
-
-def _check_prefix_clashes(sizes: Mapping[str, int]) -> None:
-    # "a" and "a/b" cannot both be files of one directory tree.
-    names = set(sizes)
-    for path in names:
-        parts = path.split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in names:
-                raise InvalidArgument(f"{path!r} is inside {'/'.join(parts[:i])!r}, a file")
-
-
-def declare_files(
-    session: Session, account_id: str, model_id: str, sizes: Mapping[str, int]
-) -> list[ModelFile]:
-    """Replace the model's file list with ``sizes`` (callers re-send the full map).
-
-    A file re-declared with the same size keeps what already landed, so an interrupted
-    push resumes without re-sending bytes; a changed size starts that file over.
-    """
-    model = get_model(session, account_id, model_id)
-    if model.state != UPLOADING:
-        raise FailedPrecondition(
-            f'model "{resource_name(account_id, model_id)}" is {model.state}; its files are '
-            "immutable. Create a new model to upload different files."
-        )
-    current = {f.path: f for f in model.files}
-    for path, stale in current.items():
-        if path not in sizes:
-            model.files.remove(stale)
-    for path, size in sizes.items():
-        file = current.get(path)
-        if file is None:
-            model.files.append(ModelFile(path=path, declared_size=size, generation=1))
-        elif file.declared_size != size:
-            file.declared_size = size
-            file.sha256 = None
-            file.generation += 1
-    model.updated_at = utcnow()
-    session.flush()
-    return sorted(model.files, key=lambda f: f.path)
-
-
-def land_file(
-    session: Session,
-    account_id: str,
-    model_id: str,
-    path: str,
-    generation: int,
-    sha256: str,
-    size: int,
-) -> None:
-    """Record that a declared file's bytes are in the store."""
-    model = get_model(session, account_id, model_id)
-    if model.state != UPLOADING:
-        raise FailedPrecondition(f'model "{resource_name(account_id, model_id)}" is {model.state}')
-    file = next((f for f in model.files if f.path == path), None)
-    if file is None or file.generation != generation:
-        raise FailedPrecondition(
-            f"{path!r} is no longer declared with this upload URL; call getUploadEndpoint again"
-        )
-    if size != file.declared_size:
-        raise InvalidArgument(f"{path!r}: got {size} bytes, declared {file.declared_size}")
-    file.sha256 = sha256
-    model.updated_at = utcnow()
-
-
-def missing_files(model: Model) -> list[str]:
-    return [f.path for f in model.files if f.sha256 is None]
-
-
-def require_complete(model: Model) -> None:
-    """Raise FAILED_PRECONDITION naming what is missing unless every declared file landed."""
-    if not model.files:
-        raise FailedPrecondition("no files declared yet: call getUploadEndpoint and upload first")
-    missing = missing_files(model)
-    if missing:
-        shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
-        raise FailedPrecondition(f"{len(missing)} file(s) not uploaded yet: {shown}")
-
-
-def mark_ready(session: Session, account_id: str, model_id: str) -> Model:
-    model = get_model(session, account_id, model_id)
-    if model.state == READY:
-        return model
-    require_complete(model)
-    model.state = READY
-    model.updated_at = utcnow()
-    session.flush()
-    return model

@@ -104,6 +104,9 @@ class Model(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Bumped by every getUploadEndpoint; a file (re)declared by that call takes it as its
+    #: generation, so a generation is never reused for a model, even for a re-added path.
+    upload_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     files: Mapped[list[ModelFile]] = relationship(
         back_populates="model",
@@ -125,6 +128,9 @@ class ModelFile(Base):
     declared_size: Mapped[int] = mapped_column(BigInteger)
     #: sha256 of the landed bytes (= blob key); None until the upload has landed.
     sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    #: The sha256 the uploader declared (getUploadEndpoint's filenameToSha256), if it did:
+    #: only bytes with this digest may land.
+    expected_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     #: Upload generation: bumps when getUploadEndpoint re-declares the file, so a slow PUT
     #: against an older URL cannot overwrite a newer declaration.
     generation: Mapped[int] = mapped_column(Integer, default=1)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from weightport.cli.errors import reports_failures
 from weightport.cli.options import client_options
-from weightport.client.push import ModelPusher, PushTarget
+from weightport.client.push import ModelPusher, PushTarget, describe_files
 from weightport.client.sources import resolve_api
 from weightport.ingest import directory_files
 
@@ -49,7 +49,11 @@ def push(
 ) -> None:
     """Upload DIRECTORY as a new model: create, upload every file, validate → READY.
 
-    Re-running after an interruption resumes: files that already landed are skipped.
+    Every file's sha256 is declared before upload and checked on the server after
+    validation: the command succeeds only if the model holds exactly these bytes.
+    Re-running after an interruption resumes: files that already landed with the same
+    sha256 are skipped, other bytes under their names are replaced. Re-running after
+    success succeeds again without uploading.
     """
     api = resolve_api("fireworks", base_url=base_url, api_key=api_key, account=account)
     try:
@@ -61,6 +65,7 @@ def push(
     target = PushTarget(api.base_url, api.api_key, api.account, model_id)
     pusher = ModelPusher(target, parallel=parallel)
     total = sum(p.stat().st_size for p in files.values())
+    # Reach the server before hashing: a wrong URL or key fails at once, not after an hour.
     pusher.ensure_model({"kind": kind, "displayName": display_name})
     with Progress(
         "[progress.description]{task.description}",
@@ -70,13 +75,14 @@ def push(
         disable=quiet,
         transient=False,
     ) as bar:
+        hashing = bar.add_task(f"sha256 {model_id}", total=total)
+        local = describe_files(files, lambda n: bar.advance(hashing, n), parallel=parallel)
         task = bar.add_task(f"push {model_id}", total=total)
-        pusher.upload_files(files, lambda n: bar.advance(task, n))
-    warnings = pusher.validate()
+        warnings = pusher.push(local, lambda n: bar.advance(task, n))
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     name = f"accounts/{api.account}/models/{model_id}"
-    click.echo(f"{name} READY ({len(files)} files, {total} bytes)")
+    click.echo(f"{name} READY ({len(files)} files, {total} bytes, sha256 verified)")
 
 
 @models_group.command("list")

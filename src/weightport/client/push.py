@@ -1,11 +1,17 @@
 """Uploading a local model directory through the Fireworks flow: create → upload → validate.
 
-Speaks only HTTP (the same calls the official client makes), so it works against any
-weightport server. Interrupted pushes resume: files that already landed are not re-sent.
+Speaks only HTTP (the calls the official client makes, plus weightport's ``filenameToSha256``
+in ``getUploadEndpoint``). Interrupted pushes resume: files that already landed *with the
+local sha256* are not re-sent; any other bytes under the same name are replaced.
+
+A push succeeds only if, after validation, the server reports every local file with the
+local sha256 (and no other file): a concurrent push of the same model id, or bytes another
+client left there, can make it fail — clearly — but never report READY for foreign bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,12 +30,47 @@ from weightport.client.http import unreachable
 #: google.rpc.Code of "not yet": validateUpload says so while files are still landing.
 FAILED_PRECONDITION = 9
 
-#: Called with the number of bytes just sent, from upload threads.
+#: Called with the number of bytes just sent (or hashed), from worker threads.
 Progress = Callable[[int], None]
+
+READY = "READY"
+HASH_CHUNK = 1 << 20
 
 
 class PushError(DownloadError):
-    """The push cannot go on (e.g. the model is already READY)."""
+    """The push cannot go on, or the server does not hold what was pushed."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to push: where it is, its size and its sha256."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+def _sha256_of(path: Path, progress: Progress) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+            progress(len(chunk))
+    return digest.hexdigest()
+
+
+def describe_files(
+    files: Mapping[str, Path], progress: Progress, *, parallel: int = 4
+) -> dict[str, LocalFile]:
+    """Size and sha256 of every file (hashed in ``parallel`` threads: hashlib frees the GIL)."""
+
+    def describe(item: tuple[str, Path]) -> tuple[str, LocalFile]:
+        relpath, path = item
+        size = path.stat().st_size
+        return relpath, LocalFile(path, size, _sha256_of(path, progress))
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return dict(pool.map(describe, sorted(files.items())))
 
 
 @dataclass(frozen=True)
@@ -81,34 +122,99 @@ class ModelPusher:
             raise unreachable(url, exc) from exc
 
     def ensure_model(self, fields: Mapping[str, Any]) -> str:
-        """Create the model, or reuse it if it exists and is still UPLOADING; its state."""
+        """Create the model, or reuse it if it already exists; returns its state."""
         target = self.target
         collection = f"{target.base_url.rstrip('/')}/v1/accounts/{quote(target.account)}/models"
         try:
             self.api("POST", collection, {"modelId": target.model_id, "model": dict(fields)})
         except ApiError as exc:
-            if exc.status != 409:  # 409: it exists; resume it if still UPLOADING
+            if exc.status != 409:  # 409: it exists; resume it (or verify it, if READY)
                 raise
-        state = str(self.api("GET", target.model_url()).get("state", ""))
-        if state == "READY":
-            raise PushError(
-                f"model {target.account}/{target.model_id} is already READY; models are "
-                "immutable, push under a new id"
-            )
-        return state
+        return self.state()
 
-    def upload_files(self, files: Mapping[str, Path], progress: Progress) -> int:
-        """Declare every file, PUT the ones not yet landed; returns bytes sent."""
-        sizes = {path: str(local.stat().st_size) for path, local in files.items()}
-        urls: dict[str, str] = self.api(
-            "POST", self.target.model_url("getUploadEndpoint"), {"filenameToSize": sizes}
-        )["filenameToSignedUrls"]
-        skipped = sum(int(sizes[p]) for p in files if p not in urls)
-        progress(skipped)
+    def state(self) -> str:
+        """The model's state on the server (``UPLOADING``, ``READY``, …)."""
+        return str(self.api("GET", self.target.model_url()).get("state", ""))
+
+    def push(self, files: Mapping[str, LocalFile], progress: Progress) -> list[str]:
+        """Upload → validate → verify into the model :meth:`ensure_model` made; the warnings.
+
+        A model that is already READY is accepted only if it holds exactly these files.
+        Raises :class:`PushError` when the server ends up holding anything else.
+        """
+        if self.state() == READY:
+            self.verify(files)
+            progress(sum(f.size for f in files.values()))
+            return []
+        try:
+            self.upload_files(files, progress)
+        except BadRequest as exc:
+            # Validated meanwhile by another push: fine if it holds our bytes, else say so.
+            if self.state() == READY:
+                self.verify(files)
+                return []
+            if exc.code == FAILED_PRECONDITION:  # our upload URLs were superseded
+                raise PushError(
+                    f"{exc.message} — another upload to model {self.target.account}/"
+                    f"{self.target.model_id} re-declared its files while this push ran; push "
+                    "again to replace them, or under a new id"
+                ) from None
+            raise
+        warnings = self.validate()
+        self.verify(files)
+        return warnings
+
+    def verify(self, files: Mapping[str, LocalFile]) -> None:
+        """Check that the READY model holds exactly ``files`` (paths and sha256s)."""
+        answer = self.api(
+            "GET",
+            self.target.model_url("getDownloadEndpoint")
+            + "?readMask=filenameToSize%2CfilenameToSha256",
+        )
+        remote = answer.get("filenameToSha256")
+        name = f"{self.target.account}/{self.target.model_id}"
+        if not isinstance(remote, dict):
+            raise PushError(
+                f"{name}: the server does not report its files' sha256 (filenameToSha256), so "
+                "the push cannot be verified"
+            )
+        differing = sorted(p for p, f in files.items() if p in remote and remote[p] != f.sha256)
+        missing = sorted(set(files) - set(remote))
+        extra = sorted(set(remote) - set(files))
+        if differing or missing or extra:
+            problems = [
+                f"{label}: {', '.join(paths[:5])}{' …' if len(paths) > 5 else ''}"
+                for label, paths in (
+                    ("different bytes", differing),
+                    ("missing", missing),
+                    ("not in the local directory", extra),
+                )
+                if paths
+            ]
+            raise PushError(
+                f"model {name} is READY but does not hold the files pushed ("
+                + "; ".join(problems)
+                + "): it was completed with other files (by a concurrent push of this id, "
+                "or an earlier one); models are immutable, push under a new id"
+            )
+
+    def upload_files(self, files: Mapping[str, LocalFile], progress: Progress) -> int:
+        """Declare every file with its sha256, PUT the ones not landed; returns bytes sent."""
+        body = {
+            "filenameToSize": {path: str(f.size) for path, f in files.items()},
+            "filenameToSha256": {path: f.sha256 for path, f in files.items()},
+        }
+        urls: dict[str, str] = self.api("POST", self.target.model_url("getUploadEndpoint"), body)[
+            "filenameToSignedUrls"
+        ]
+        unknown = sorted(set(urls) - set(files))
+        if unknown:
+            raise PushError(f"the server asked for files that were not declared: {unknown[:5]}")
+        progress(sum(f.size for p, f in files.items() if p not in urls))
 
         def put(path: str) -> int:
-            size = int(sizes[path])
-            with files[path].open("rb") as fh:
+            size = files[path].size
+            with files[path].path.open("rb") as fh:
                 response = self._send(
                     "PUT",
                     urls[path],

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from weightport.catalog import registry
+from weightport.catalog import registry, uploads
 from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
 from weightport.paths import validate_relative_path
@@ -136,7 +136,8 @@ async def upload(request: web.Request) -> web.Response:
     _check_declared_length(request, size)
     await send_continue(request)
 
-    upload = ctx.store.begin_upload()
+    # A URL minted for a declared sha256 stores nothing but those bytes.
+    upload = ctx.store.begin_upload(expected_sha256=bound.get("sha256"))
     try:
         pending = bytearray()
         async for chunk in request.content.iter_chunked(UPLOAD_BUFFER):
@@ -157,7 +158,7 @@ async def upload(request: web.Request) -> web.Response:
         await asyncio.to_thread(upload.abort)
         raise
     await ctx.catalog.run(
-        lambda s: registry.land_file(s, account, model_id, path, generation, info.key, info.size)
+        lambda s: uploads.land_file(s, account, model_id, path, generation, info.key, info.size)
     )
     return web.Response(status=200)
 

@@ -15,8 +15,8 @@ from urllib.parse import unquote
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from weightport.catalog import registry
-from weightport.catalog.schema import Model
+from weightport.catalog import registry, uploads
+from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -176,12 +176,16 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     body = await json_body(request)
     # enableResumableUpload is accepted and ignored: uploads are single signed PUTs, and an
     # interrupted push resumes per file (landed files are kept when re-declared).
-    sizes = registry.parse_sizes(body.get("filenameToSize"))
+    sizes = uploads.parse_sizes(body.get("filenameToSize"))
+    # weightport's extension: with each file's sha256 declared, only those bytes can land.
+    digests = uploads.parse_digests(body.get("filenameToSha256"), sizes)
     limit = ctx.settings.max_upload_size
     too_big = sorted(path for path, size in sizes.items() if size > limit)
     if too_big:
         raise PayloadTooLarge(f"{too_big[0]!r} is larger than the {limit}-byte upload limit")
-    files = await ctx.catalog.run(lambda s: registry.declare_files(s, account, model_id, sizes))
+    files = await ctx.catalog.run(
+        lambda s: uploads.declare_files(s, account, model_id, sizes, digests)
+    )
     base = ctx.public_base(request)
     minted_by = caller_of(request).key_id
     urls = {
@@ -194,7 +198,7 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
             path=f.path,
             ttl=ctx.settings.upload_url_ttl,
             minted_by=minted_by,
-            bound={"size": str(f.declared_size), "gen": str(f.generation)},
+            bound=_upload_binding(f),
         )
         for f in files
         if f.sha256 is None
@@ -207,6 +211,13 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     return json_response(apply_read_mask(result, mask))
 
 
+def _upload_binding(file: ModelFile) -> dict[str, str]:
+    bound = {"size": str(file.declared_size), "gen": str(file.generation)}
+    if file.expected_sha256 is not None:
+        bound["sha256"] = file.expected_sha256
+    return bound
+
+
 async def validate_upload(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     skip_config = query_bool(request, "skipHfConfigValidation")
@@ -216,7 +227,7 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
     def check(session: Session) -> tuple[Model, str | None]:
         model = registry.get_model(session, account, model_id)
         if model.state != registry.READY:
-            registry.require_complete(model)
+            uploads.require_complete(model)
         config = next((f for f in model.files if f.path == "config.json"), None)
         return model, config.sha256 if config else None
 
@@ -234,12 +245,14 @@ async def validate_upload(request: web.Request, account: str, model_id: str) -> 
             warnings.append("no config.json: architecture was not detected")
 
     def finish(session: Session) -> None:
-        known = model.base_model_details or {}
-        if details and not known.get("modelType"):
+        ready = uploads.mark_ready(session, account, model_id)
+        config = next((f for f in ready.files if f.path == "config.json"), None)
+        known = ready.base_model_details or {}
+        # Only what was parsed from the config.json that is now part of the READY model.
+        if details and not known.get("modelType") and config and config.sha256 == config_key:
             registry.update_model(
                 session, account, model_id, {"baseModelDetails": {**known, **details}}
             )
-        registry.mark_ready(session, account, model_id)
 
     await ctx.catalog.run(finish)
     return json_response({"warnings": warnings})
