@@ -97,9 +97,14 @@ def _run(args: list[str]) -> float:
 
 @dataclass(frozen=True)
 class Model:
-    """The published model: server, signed URLs, digests and sampled reference bytes."""
+    """The published model: server, signed URLs, digests and sampled reference bytes.
+
+    ``base_url`` is where clients reach the server (its own address, or a proxy in front of
+    it); ``urls`` are the signed URLs through that same address.
+    """
 
     server: WeightportServer
+    base_url: str
     urls: dict[str, str]
     sha256: dict[str, str]
     file_size: int
@@ -167,9 +172,9 @@ class Bench:
     # -- the contenders ----------------------------------------------------------------
 
     def weightport(self, extra: Sequence[str] = ()) -> Callable[[Path], float]:
-        server = self.model.server
         args = [*_weightport_cli(), "download", "model", f"admin/{MODEL}", "--quiet"]
-        args += ["--base-url", server.base_url, "--api-key", server.admin_key, *extra]
+        args += ["--base-url", self.model.base_url, "--api-key", self.model.server.admin_key]
+        args += extra
         return lambda dest: _run([*args, "-o", str(dest)])
 
     def curl(self, dest: Path) -> float:
@@ -205,7 +210,7 @@ class Bench:
         return _run([sys.executable, "-c", _HF_SCRIPT, *pairs])
 
 
-def _publish(tmp: Path, file_size: int) -> tuple[WeightportServer, dict[str, str]]:
+def publish_model(tmp: Path, file_size: int) -> tuple[WeightportServer, dict[str, str]]:
     """Random files published as ``admin/bench``; the source copies are removed afterwards."""
     source = tmp / "model"
     digests = {}
@@ -224,7 +229,7 @@ def _publish(tmp: Path, file_size: int) -> tuple[WeightportServer, dict[str, str
     return server, digests
 
 
-def _samples(url: str, size: int, seed: int) -> list[tuple[int, bytes]]:
+def reference_samples(url: str, size: int, seed: int) -> list[tuple[int, bytes]]:
     """Reference windows of the served bytes: the start, the end and four random places."""
     rng = np.random.default_rng(seed)
     offsets = [0, size - SAMPLE, *map(int, rng.integers(0, size - SAMPLE, 4))]
@@ -240,15 +245,15 @@ def _range(url: str, offset: int, count: int) -> bytes:
     return done.stdout
 
 
-def _variant(text: str) -> tuple[str, list[str]]:
+def parse_variant(text: str) -> tuple[str, list[str]]:
     match = _VARIANT.match(text)
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r}: use CONNECTIONSxPART, e.g. 4x64M")
     return f"weightport {match[1]}×{match[2]}", ["--connections", match[1], "--part-size", match[2]]
 
 
-def _variant_arg(text: str) -> str:
-    _variant(text)  # refuse a bad spelling before the slow setup
+def variant_arg(text: str) -> str:
+    parse_variant(text)  # refuse a bad spelling before the slow setup
     return text
 
 
@@ -268,15 +273,18 @@ def run(
     """Run the benchmark; returns the JSON payload (rows + raw measurements)."""
     file_size = 256 * MiB if quick else GiB
     reps = reps or (5 if quick else 3)
-    parsed = [_variant(v) for v in variants]
+    parsed = [parse_variant(v) for v in variants]
     info = machine_info()
     started = time.perf_counter()
     with scratch_dir(NAME) as tmp:
-        server, digests = _publish(tmp, file_size)
+        server, digests = publish_model(tmp, file_size)
         try:
             urls = server.signed_urls(MODEL)
-            samples = {rel: _samples(urls[rel], file_size, i) for i, rel in enumerate(sorted(urls))}
-            model = Model(server, urls, digests, file_size, samples)
+            samples = {
+                rel: reference_samples(urls[rel], file_size, i)
+                for i, rel in enumerate(sorted(urls))
+            }
+            model = Model(server, server.base_url, urls, digests, file_size, samples)
             bench = Bench(model, tmp)
             fetches = {
                 "weightport": bench.contender("weightport", bench.weightport()),
@@ -366,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="CONNxPART",
-        type=_variant_arg,
+        type=variant_arg,
         help="also run weightport with --connections CONN --part-size PART (e.g. 4x64M)",
     )
     args = parser.parse_args(argv)

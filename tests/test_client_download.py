@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,7 @@ from weightport.client import (
     download,
     resolve_api,
 )
+from weightport.client.options import FAR_CONNECTIONS, MIN_AUTO_PART, NEAR_CONNECTIONS
 from weightport.client.sources import LOCAL_BASE_URL, ApiConfig
 
 KEY = "wp_test_key"
@@ -65,6 +66,7 @@ class Switches:
     drops_left: int = 0  # ... this many times
     fail_503: int = 0  # answer this many file requests with 503
     throttle: float | None = None  # seconds to sleep per 16 KiB written
+    latency: float = 0.0  # seconds every file request waits before it is answered
     replace_after: int | None = None  # after this many file requests, replace ...
     replacement: tuple[str, bytes] | None = None  # ... this file with these bytes
 
@@ -75,6 +77,7 @@ class Stats:
     file_requests: int = 0
     body_bytes: int = 0
     queries: list[dict[str, str]] = field(default_factory=list)
+    ranges: list[tuple[str, str]] = field(default_factory=list)  # (file, Range) per request
 
 
 class FakeApi:
@@ -220,6 +223,9 @@ class FakeApi:
     ) -> web.StreamResponse:
         sw = self.switches
         self.stats.file_requests += 1
+        self.stats.ranges.append((path.name, request.headers.get("Range", "")))
+        if sw.latency:
+            await asyncio.sleep(sw.latency)
         if (
             sw.replace_after is not None
             and sw.replacement
@@ -375,10 +381,64 @@ def test_interrupted_download_resumes_from_disk(api: FakeApi, tmp_path: Path) ->
     assert done > 0
     api.switches.throttle = None
     served_before = api.stats.body_bytes
-    result = download(_source(api), tmp_path / "out", SMALL)
+    # One connection: a split part closes its connection with bytes still in flight, which
+    # would blur the count of what the resume asked for.
+    result = download(_source(api), tmp_path / "out", replace(SMALL, connections=1))
     _assert_tree(tmp_path / "out", contents)
     assert sum(f.resumed_bytes for f in result.files) == done
     assert api.stats.body_bytes - served_before <= sum(map(len, contents.values())) - done + 64
+
+
+def _range_starts(api: FakeApi, name: str) -> list[int]:
+    """Where the part requests for ``name`` began (probes left out)."""
+    starts = []
+    for served, header in api.stats.ranges:
+        match = re.fullmatch(r"bytes=(\d+)-\d*", header)
+        if served == name and match and header != "bytes=0-0":
+            starts.append(int(match[1]))
+    return starts
+
+
+def test_idle_connections_split_the_part_still_downloading(api: FakeApi, tmp_path: Path) -> None:
+    data = os.urandom(768 * KiB)
+    api.write("model.safetensors", data)
+    api.switches.throttle = 0.005  # ~3 MB/s per connection: the split halves are worth it
+    # One part for the whole file and four connections: three have nothing to take.
+    options = DownloadOptions(connections=4, part_size=768 * KiB, buffer_size=16 * KiB)
+    result = download(_source(api), tmp_path / "out", options)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == data
+    assert result.files[0].verified == "sha256"
+    starts = _range_starts(api, "model.safetensors")
+    assert sorted(starts)[0] == 0 and len(starts) >= 3, starts  # idle ones took upper halves
+    assert all(0 < start < len(data) for start in sorted(starts)[1:])
+
+
+def test_a_split_download_resumes_from_its_listed_parts(api: FakeApi, tmp_path: Path) -> None:
+    data = os.urandom(768 * KiB)
+    api.write("model.safetensors", data)
+    api.switches.throttle = 0.01
+    options = DownloadOptions(connections=4, part_size=768 * KiB, buffer_size=16 * KiB)
+    with pytest.raises(KeyboardInterrupt):
+        download(_source(api), tmp_path / "out", options, _interrupt_after(300 * KiB))
+    state = json.loads((tmp_path / "out" / "model.safetensors.wpdl").read_text())
+    assert state["version"] == 2 and len(state["parts"]) >= 2  # split parts are remembered
+    api.switches.throttle = None
+    result = download(_source(api), tmp_path / "out", options)
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == data
+    assert result.files[0].resumed_bytes == sum(state["done"]) > 0
+
+
+@pytest.mark.parametrize(("latency", "expected"), [(0.0, NEAR_CONNECTIONS), (0.02, None)])
+def test_a_far_server_gets_more_connections(
+    api: FakeApi, tmp_path: Path, latency: float, expected: int | None
+) -> None:
+    contents = _populate(api)
+    api.switches.latency = latency  # every file request waits: a long round trip
+    result = download(_source(api), tmp_path / "out", DownloadOptions(buffer_size=16 * KiB))
+    _assert_tree(tmp_path / "out", contents)
+    assert result.tuning.rtt >= latency
+    assert result.tuning.connections == (expected or FAR_CONNECTIONS)
+    assert result.tuning.part_size == MIN_AUTO_PART  # a small model: the smallest parts
 
 
 def test_bytes_lost_in_a_crash_are_caught_and_fetched_again(api: FakeApi, tmp_path: Path) -> None:

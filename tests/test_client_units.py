@@ -19,6 +19,7 @@ from weightport.client import (
     AuthenticationFailed,
     BadRequest,
     ConfigurationError,
+    DownloadOptions,
     FineTuneRef,
     HttpSession,
     NotFound,
@@ -38,6 +39,14 @@ from weightport.client.http import (
     parse_unsatisfied_range,
     range_header,
     strong_etag,
+)
+from weightport.client.options import (
+    FAR_CONNECTIONS,
+    FAR_RTT,
+    MAX_AUTO_PART,
+    MIN_AUTO_PART,
+    NEAR_CONNECTIONS,
+    Tuning,
 )
 from weightport.client.remote import normalize_sha256, repr_digest_sha256, safe_target
 from weightport.client.state import Part, ResumeState, load_state, plan_parts, save_state
@@ -131,7 +140,7 @@ def test_public_names_do_not_drift() -> None:
         FineTuneRef FireworksModel HttpSession InsufficientSpace IntegrityError NotFound
         PermissionDenied ProgressSink ProgressSnapshot RangeNotSatisfiable RateLimited
         RemoteChanged RemoteFile ServerError SignedUrlRejected Source TogetherCheckpoint
-        TransferError UnsafeArchive UnsafePath download extract_tar_zst parse_model_name
+        TransferError Tuning UnsafeArchive UnsafePath download extract_tar_zst parse_model_name
         resolve_api
     """
     assert sorted(client.__all__) == sorted(expected.split())
@@ -178,21 +187,57 @@ def test_parts_and_state_round_trip(tmp_path: Path) -> None:
     assert plan_parts(0, 10) == ()
     assert plan_parts(20, 10) == (Part(0, 0, 10), Part(1, 10, 20))
     assert plan_parts(21, 10)[-1] == Part(2, 20, 21)
-    state = ResumeState(size=21, etag='"e"', sha256=None, part_size=10, done=(10, 3, 0))
+    # Part 0 was split while it downloaded: its upper half is part 3, listed last.
+    parts = (Part(0, 0, 6), Part(1, 10, 20), Part(2, 20, 21), Part(3, 6, 10))
+    state = ResumeState(size=21, etag='"e"', sha256=None, parts=parts, done=(6, 3, 0, 2))
     path = tmp_path / "f.wpdl"
     save_state(path, state)
     assert load_state(path) == state
     assert state.matches(size=21, etag='"e"', sha256=None)
     assert not state.matches(size=21, etag='"other"', sha256=None)
-    assert not ResumeState(21, None, None, 10, (0, 0, 0)).matches(size=21, etag=None, sha256=None)
+    unnamed = ResumeState(21, None, None, plan_parts(21, 10), (0, 0, 0))
+    assert not unnamed.matches(size=21, etag=None, sha256=None)
+    saved = json.loads(path.read_text())
     for broken in (
         "{",
         '{"version":1}',
-        json.dumps({**json.loads(path.read_text()), "done": [11, 0, 0]}),
+        json.dumps({**saved, "done": [7, 3, 0, 2]}),  # more than part 0 holds
+        json.dumps({**saved, "parts": [[0, 6], [10, 20], [20, 21], [5, 10]]}),  # overlap
+        json.dumps({**saved, "parts": [[0, 6], [10, 20], [20, 21], [7, 10]]}),  # a hole
+        json.dumps({**saved, "parts": [[0, 6], [10, 20], [20, 22], [6, 10]]}),  # past the end
+        json.dumps({**saved, "version": 3}),
     ):
         path.write_text(broken)
-        assert load_state(path) is None
+        assert load_state(path) is None, broken
     assert load_state(tmp_path / "missing.wpdl") is None
+
+
+def test_version_1_state_still_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "f.wpdl"
+    old = {"version": 1, "size": 21, "etag": '"e"', "sha256": None, "part_size": 10}
+    path.write_text(json.dumps({**old, "done": [10, 3, 0]}))
+    state = load_state(path)
+    assert state is not None
+    assert state.parts == plan_parts(21, 10) and state.done == (10, 3, 0)
+    path.write_text(json.dumps({**old, "done": [10, 3]}))  # one part short
+    assert load_state(path) is None
+
+
+def test_tuning_picks_connections_from_rtt_and_parts_from_size() -> None:
+    auto = DownloadOptions()
+    near, far = auto.tune(0.0004, 4 << 30), auto.tune(0.080, 4 << 30)
+    assert near.connections == NEAR_CONNECTIONS < far.connections == FAR_CONNECTIONS
+    assert auto.tune(FAR_RTT, 1 << 30).connections == FAR_CONNECTIONS
+    # About two parts per connection, in whole MiB, within the bounds.
+    assert far.part_size == MAX_AUTO_PART  # 4 GiB / 64 would be 64 MiB
+    assert auto.tune(0.080, 1 << 30).part_size == 16 << 20
+    assert auto.tune(0.080, 10 << 20).part_size == MIN_AUTO_PART
+    assert auto.tune(0.0, 100 << 30).part_size == MAX_AUTO_PART
+    fixed = DownloadOptions(connections=3, part_size=5 << 20)
+    assert fixed.tune(0.080, 1 << 30) == Tuning(3, 5 << 20, 0.080)
+    assert fixed.most_connections == 3 and auto.most_connections == FAR_CONNECTIONS
+    with pytest.raises(ConfigurationError):
+        DownloadOptions(connections=0).validate()
 
 
 def test_argument_parsing() -> None:

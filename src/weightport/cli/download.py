@@ -64,16 +64,17 @@ def common_options(fn: F) -> F:
         click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary."),
         click.option(
             "--part-size",
-            default="64MiB",
+            default="auto",
             show_default=True,
-            help="Bytes per ranged request (e.g. 16M, 1G).",
+            help="Bytes per ranged request (e.g. 16M, 1G); auto: about two per connection, "
+            "8-64 MiB.",
         ),
         click.option(
             "--connections",
-            type=click.IntRange(1, 256),
-            default=8,
+            default="auto",
             show_default=True,
-            help="Parallel connections.",
+            help="Parallel connections (1-256); auto: 8 to a near server, 32 to one 10 ms "
+            "or more away.",
         ),
     ]
     for option in options:
@@ -124,8 +125,16 @@ class RichProgress:
                 self.progress.stop()
 
 
-def _options(connections: int, part_size: str) -> DownloadOptions:
-    return DownloadOptions(connections=connections, part_size=parse_size(part_size)).validate()
+def _options(connections: str, part_size: str) -> DownloadOptions:
+    count = None if connections == "auto" else _count(connections)
+    size = None if part_size == "auto" else parse_size(part_size)
+    return DownloadOptions(connections=count, part_size=size).validate()
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise click.BadParameter(f"{text!r} is not auto or a number from 1 to 256")
+    return int(text)
 
 
 def _run(source: Source, dest: Path, options: DownloadOptions, quiet: bool) -> DownloadResult:
@@ -195,7 +204,7 @@ def model_command(
     output: Path | None,
     base_url: str | None,
     api_key: str | None,
-    connections: int,
+    connections: str,
     part_size: str,
     quiet: bool,
     as_json: bool,
@@ -265,7 +274,7 @@ def finetune_command(
     keep_archive: bool,
     base_url: str | None,
     api_key: str | None,
-    connections: int,
+    connections: str,
     part_size: str,
     quiet: bool,
     as_json: bool,

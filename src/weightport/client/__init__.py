@@ -33,7 +33,7 @@ from weightport.client.errors import (
 )
 from weightport.client.extract import ExtractResult, extract_tar_zst
 from weightport.client.http import HttpSession
-from weightport.client.options import DownloadOptions
+from weightport.client.options import DownloadOptions, Tuning
 from weightport.client.progress import FileProgress, ProgressSink, ProgressSnapshot
 from weightport.client.remote import RemoteFile
 from weightport.client.sources import (
@@ -77,6 +77,7 @@ __all__ = [
     "Source",
     "TogetherCheckpoint",
     "TransferError",
+    "Tuning",
     "UnsafeArchive",
     "UnsafePath",
     "download",

@@ -2,15 +2,21 @@
 
 Threads, and why:
 
-- *workers* (``connections`` of them) take parts from one priority queue and stream each
-  part with ``readinto`` into a buffer they reuse, ``os.pwrite``-ing it at its offset in
-  the preallocated partial file. The queue hands out files in groups of ``connections``
-  and, within a group, parts round-robin across its files (part 0 of each, then part 1,
-  ...), so concurrent writers land in different files where there are several: buffered
-  writes to one file serialise on its inode lock, and with 8 workers on one file of a
-  4-file model 17 % of the client's CPU went to spinning on that lock (loopback, 2 cores);
-  spread over the 4 files, its system time halved. Groups keep the files in flight, and so
-  their finisher threads and hash buffers, bounded by ``connections``;
+- *workers* (``connections`` of them, chosen from the probes' round-trip time unless set:
+  see :class:`~weightport.client.options.DownloadOptions`) take parts from one priority
+  queue and stream each part with ``readinto`` into a buffer they reuse, ``os.pwrite``-ing
+  it at its offset in the preallocated partial file. The queue hands out files in groups
+  of ``connections`` and, within a group, parts round-robin across its files (part 0 of
+  each, then part 1, ...), so concurrent writers land in different files where there are
+  several: buffered writes to one file serialise on its inode lock, and with 8 workers on
+  one file of a 4-file model 17 % of the client's CPU went to spinning on that lock
+  (loopback, 2 cores); spread over the 4 files, its system time halved. Groups keep the
+  files in flight, and so their finisher threads and hash buffers, bounded by
+  ``connections``. A worker that finds the queue empty *splits* the part in flight with
+  the most bytes left (:meth:`Transfer.split`) and fetches its upper half: on a link where
+  each connection is capped, the last parts would otherwise trickle in over one
+  connection each while the others sit idle. Halves smaller than what a request's round
+  trip costs at that connection's rate are not worth a request and are left alone;
 - one *finisher* per started file hashes the bytes already on disk in order, while the
   workers keep downloading (sha256 on the download threads halves throughput, and sha256
   cannot be fed out of order), then verifies and renames the file;
@@ -42,13 +48,26 @@ from weightport.client.errors import (
 )
 from weightport.client.fetch import ActiveResponses, PartFetch, RestartNeeded, fetch_part
 from weightport.client.http import HttpSession, backoff_delay
-from weightport.client.options import DownloadOptions
+from weightport.client.options import DownloadOptions, Tuning
 from weightport.client.progress import FileProgress, ProgressSink, ProgressSnapshot
 from weightport.client.remote import RemoteFile, RemoteIdentity, probe, safe_target
 from weightport.client.transfer import FileResult, Transfer
 
 #: A queue entry: (group, part, file index, epoch); this one, sorted last, stops a worker.
 _STOP = (1 << 62, 0, 0, 0)
+#: Seconds an idle worker waits for queued work before it looks for a part to split again.
+_IDLE_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A part a worker is fetching: where it stood when it began, to estimate its rate."""
+
+    transfer: Transfer
+    part: int
+    epoch: int
+    since: float
+    done_then: int
 
 
 class Source(Protocol):
@@ -61,11 +80,15 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class DownloadResult:
-    """Every file (listing order), bytes fetched over the network this run, and wall time."""
+    """Every file (listing order), bytes fetched over the network this run, and wall time.
+
+    ``tuning`` is what the run settled on: connections, part size, the probes' round trip.
+    """
 
     files: tuple[FileResult, ...]
     downloaded_bytes: int
     seconds: float
+    tuning: Tuning
 
 
 def download(
@@ -96,7 +119,8 @@ class Downloader:
         self.dest = dest
         self.options = options.validate()
         self.progress = progress
-        self.session = HttpSession(connections=options.connections)
+        self.session = HttpSession(connections=self.options.most_connections)
+        self.tuning = Tuning(self.options.most_connections, 0, 0.0)
         self.transfers: list[Transfer] = []
         self.by_index: dict[int, Transfer] = {}
         self.skipped: dict[int, FileResult] = {}
@@ -112,6 +136,7 @@ class Downloader:
         self.group: dict[int, int] = {}
         self.finishers: list[threading.Thread] = []
         self.active = ActiveResponses()
+        self.in_flight: dict[int, _InFlight] = {}  # worker number -> its part
 
     # -- the calling thread ------------------------------------------------------------
 
@@ -131,7 +156,7 @@ class Downloader:
         results.update(self.skipped)
         files = tuple(results[i] for i in sorted(results))
         fetched = sum(r.size - r.resumed_bytes for r in files if not r.skipped)
-        return DownloadResult(files, fetched, time.monotonic() - started)
+        return DownloadResult(files, fetched, time.monotonic() - started, self.tuning)
 
     def _prepare(self) -> None:
         listing = list(self.source.list_files())
@@ -142,9 +167,10 @@ class Downloader:
                 raise RemoteChanged(f"the listing names {remote.relpath!r} twice")
             seen.add(remote.relpath)
             targets.append(safe_target(self.dest, remote.relpath))
-        workers = max(1, min(self.options.connections, len(listing)))
+        workers = max(1, min(self.options.most_connections, len(listing)))
         with ThreadPoolExecutor(workers, thread_name_prefix="wp-probe") as pool:
-            identities = list(pool.map(self._probe, listing))
+            timed = list(pool.map(self._timed_probe, listing))
+        identities = [identity for identity, _ in timed]
         transfers = [
             Transfer(i, remote, identity, target, always_sync=self.options.always_sync)
             for i, (remote, identity, target) in enumerate(
@@ -158,12 +184,18 @@ class Downloader:
             else:
                 self.transfers.append(t)
         resumes = [t.resumable_state() for t in self.transfers]
-        self._check_space(
-            sum(t.size for t, r in zip(self.transfers, resumes, strict=True) if r is None)
-        )
+        fresh = sum(t.size for t, r in zip(self.transfers, resumes, strict=True) if r is None)
+        self._check_space(fresh)
+        remaining = fresh + sum(r.size - sum(r.done) for r in resumes if r is not None)
+        self.tuning = self.options.tune(min((s for _, s in timed), default=0.0), remaining)
         for t, resume in zip(self.transfers, resumes, strict=True):
-            t.open(self.options.part_size, resume)
+            t.open(self.tuning.part_size, resume)
             self.by_index[t.index] = t
+
+    def _timed_probe(self, remote: RemoteFile) -> tuple[RemoteIdentity, float]:
+        began = time.monotonic()
+        identity = self._probe(remote)
+        return identity, time.monotonic() - began
 
     def _probe(self, remote: RemoteFile) -> RemoteIdentity:
         attempt = 0
@@ -189,16 +221,21 @@ class Downloader:
 
     def _start_workers(self) -> None:
         pending = 0
+        left = 0
+        connections = self.tuning.connections
         for position, t in enumerate(self.transfers):
-            self.group[t.index] = position // self.options.connections
+            self.group[t.index] = position // connections
             tasks = [i for i, part in enumerate(t.parts) if t.done[i] < part.size]
             for i in tasks:
                 self._enqueue(t, i)
             pending += len(tasks)
+            left += sum(t.parts[i].size - t.done[i] for i in tasks)
             if not tasks:
                 self._start_finisher(t)  # complete on disk already (or empty)
-        for n in range(min(self.options.connections, pending)):
-            thread = threading.Thread(target=self._worker, name=f"wp-worker-{n}")
+        # More workers than parts only pay when there are parts worth splitting.
+        splittable = left // max(1, 2 * self.options.buffer_size)
+        for n in range(min(connections, max(pending, splittable if pending else 0))):
+            thread = threading.Thread(target=self._worker, args=(n,), name=f"wp-worker-{n}")
             thread.start()
             self.workers.append(thread)
 
@@ -260,20 +297,76 @@ class Downloader:
 
     # -- worker threads ----------------------------------------------------------------
 
-    def _worker(self) -> None:
+    def _worker(self, number: int) -> None:
         buf = memoryview(bytearray(self.options.buffer_size))
         while not self.stop.is_set():
-            task = self.queue.get()
-            _, part, index, epoch = task
-            if task == _STOP or self.stop.is_set():
+            task = self._next_task()
+            if task is None:
                 return
-            t = self.by_index[index]
+            t, part, epoch = task
             try:
                 self._start_finisher(t)
-                self._run_part(t, part, epoch, buf)
+                with t.lock:
+                    done_then = t.done[part] if t.epoch == epoch else 0
+                flight = _InFlight(t, part, epoch, time.monotonic(), done_then)
+                with self.state_lock:
+                    self.in_flight[number] = flight
+                try:
+                    self._run_part(t, part, epoch, buf)
+                finally:
+                    with self.state_lock:
+                        self.in_flight.pop(number, None)
             except BaseException as exc:
                 self._fail(exc)
                 return
+
+    def _next_task(self) -> tuple[Transfer, int, int] | None:
+        """The next queued part, else the upper half of a part in flight; ``None``: stop."""
+        while not self.stop.is_set():
+            try:
+                task = self.queue.get_nowait()
+            except queue.Empty:
+                stolen = self._split_largest()
+                if stolen is not None:
+                    return stolen
+                try:
+                    task = self.queue.get(timeout=_IDLE_POLL)
+                except queue.Empty:
+                    continue
+            if task == _STOP:
+                return None
+            _, part, index, epoch = task
+            return self.by_index[index], part, epoch
+        return None
+
+    def _split_largest(self) -> tuple[Transfer, int, int] | None:
+        """Split the in-flight part with the most bytes left, if that is worth a request.
+
+        A half must take longer than two round trips at the rate its connection has shown
+        (one for the new request, one for the connection the split closes), or the split
+        costs more than it saves.
+        """
+        now = time.monotonic()
+        with self.state_lock:
+            flights = list(self.in_flight.values())
+        best: tuple[int, int, _InFlight] | None = None
+        for flight in flights:
+            t = flight.transfer
+            with t.lock:
+                if t.epoch != flight.epoch:
+                    continue
+                done = t.done[flight.part]
+                left = t.parts[flight.part].size - done
+            rate = (done - flight.done_then) / max(1e-3, now - flight.since)
+            smallest = max(self.options.buffer_size, int(2 * rate * self.tuning.rtt))
+            if left >= 2 * smallest and (best is None or left > best[0]):
+                best = (left, smallest, flight)
+        if best is None:
+            return None
+        _, smallest, flight = best
+        t = flight.transfer
+        part = t.split(flight.part, flight.epoch, keep=self.options.buffer_size, smallest=smallest)
+        return None if part is None else (t, part, flight.epoch)
 
     def _run_part(self, t: Transfer, part: int, epoch: int, buf: memoryview) -> None:
         attempt = 0
@@ -342,7 +435,7 @@ class Downloader:
             identity = self._probe(remote)
             if reason.no_ranges:
                 identity = replace(identity, ranges=False)
-            t.restart(remote, identity, self.options.part_size)
+            t.restart(remote, identity, self.tuning.part_size)
             for i in range(len(t.parts)):
                 self._enqueue(t, i)
 

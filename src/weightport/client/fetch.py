@@ -37,8 +37,9 @@ from weightport.client.http import (
 from weightport.client.remote import RemoteFile, RemoteIdentity
 from weightport.client.state import Part
 
-#: ``record(part_index, epoch, nbytes)``: count written bytes; ``False`` means stop this part.
-Recorder = Callable[[int, int, int], bool]
+#: ``record(part_index, epoch, nbytes)``: count written bytes; returns where the part ends
+#: now (it moves down when the part is split), or ``None``: stop this part.
+Recorder = Callable[[int, int, int], int | None]
 
 
 class RestartNeeded(Exception):
@@ -94,7 +95,11 @@ def fetch_part(
     stop: threading.Event,
     active: ActiveResponses,
 ) -> None:
-    """Fetch what is missing of ``job.part`` (or a prefix of it, if the server sends less)."""
+    """Fetch what is missing of ``job.part`` (or a prefix of it, if the server sends less).
+
+    The request asks for the whole rest of the part; if the part is split meanwhile, the
+    read stops at its new end and the connection is closed rather than drained.
+    """
     start = job.part.start + job.done
     end = job.part.end
     if start >= end:
@@ -108,7 +113,7 @@ def fetch_part(
     active.add(resp)
     complete = False
     try:
-        end = _expected_end(resp, job, start, end)
+        answered = end = _expected_end(resp, job, start, end)
         readinto = body_reader(resp)
         pos = start
         while pos < end:
@@ -122,9 +127,11 @@ def fetch_part(
                 raise ConnectionFailed(f"{job.remote.relpath}: connection closed at byte {pos}")
             _pwrite_all(job.fd, buf[:n], pos)
             pos += n
-            if not record(job.part.index, job.epoch, n):
+            now_ends = record(job.part.index, job.epoch, n)
+            if now_ends is None:
                 return
-        complete = resp.status == 206 or end == job.identity.size
+            end = min(end, now_ends)
+        complete = pos == answered and (resp.status == 206 or answered == job.identity.size)
     finally:
         active.discard(resp)
         finish(resp, complete=complete)

@@ -9,23 +9,50 @@ from weightport.client.errors import ConfigurationError
 MiB = 1 << 20
 
 
+#: Automatic connection counts: near servers (loopback, a LAN) and far ones.
+NEAR_CONNECTIONS = 8
+FAR_CONNECTIONS = 32
+#: A server whose quickest probe took at least this long (seconds) counts as far.
+FAR_RTT = 0.010
+#: Automatic part sizes stay within these bounds.
+MIN_AUTO_PART = 8 * MiB
+MAX_AUTO_PART = 64 * MiB
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What a download settles on once the server has answered its probes."""
+
+    connections: int
+    part_size: int
+    #: The quickest probe's round trip, seconds (one request, connection set-up included).
+    rtt: float
+
+
 @dataclass(frozen=True)
 class DownloadOptions:
-    """Tuning knobs; the defaults suit multi-GB weights on fast links.
+    """Tuning knobs; the defaults (``None``: automatic) suit multi-GB weights on any link.
 
-    Why 8 connections of 64 MiB parts (``bench/downloader.py``, BENCHMARKS.md): on loopback,
-    where one 2-core machine also runs the server, 2 to 16 connections and 16 to 256 MiB
-    parts traded places from run to run within the noise, so loopback does not choose. Real
-    links do: a single connection is held back by its TCP window and by per-connection
-    limits of object stores and CDNs, which is why parallel downloaders (hf_transfer,
-    aria2c -x) use about 8. 64 MiB parts are few requests per GB, yet a slow connection
-    holds up at most one part at the end.
+    Connections (``bench/downloader.py``, ``bench/downloader_link.py``, BENCHMARKS.md): on
+    loopback, where one 2-core machine also runs the server, 2 to 16 connections traded
+    places within the noise, so a near server gets 8. On a long path every connection is
+    held back by its TCP window and by per-connection limits of object stores and CDNs, so
+    throughput is connections × the per-connection rate: a server whose quickest probe
+    takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as many; measured
+    through a 40 ms, 25 MB/s-per-connection emulated link, 8 connections reach a quarter of it).
+
+    Parts: about two per connection for the whole download, within 8-64 MiB. Fewer, larger
+    requests waste fewer round trips; two rounds let the in-order hash follow the first
+    round while the second downloads; 64 MiB caps what a slow connection holds. A worker
+    with nothing left to take splits the largest part still downloading, so the last
+    connections finish together instead of waiting for one straggler.
     """
 
-    #: Concurrent connections (and worker threads) for the whole download.
-    connections: int = 8
-    #: Bytes per ranged request (a resume continues inside a part, from its last byte).
-    part_size: int = 64 * MiB
+    #: Concurrent connections (and worker threads); ``None``: chosen from the probes' RTT.
+    connections: int | None = None
+    #: Bytes per ranged request (a resume continues inside a part, from its last byte);
+    #: ``None``: chosen from the download's size and the connections.
+    part_size: int | None = None
     #: Read buffer per worker, reused for every read.
     buffer_size: int = 1 * MiB
     #: Consecutive failed attempts per part (without progress) before giving up.
@@ -45,12 +72,28 @@ class DownloadOptions:
 
     def validate(self) -> DownloadOptions:
         """Return self, or raise :class:`ConfigurationError` for unusable values."""
-        if self.connections < 1 or self.connections > 256:
+        if self.connections is not None and not 1 <= self.connections <= 256:
             raise ConfigurationError("connections must be between 1 and 256")
-        if self.part_size < 64 * 1024:
+        if self.part_size is not None and self.part_size < 64 * 1024:
             raise ConfigurationError("part size must be at least 64 KiB")
         if self.buffer_size < 4096:
             raise ConfigurationError("buffer size must be at least 4 KiB")
         if min(self.retries, self.url_refreshes, self.restarts) < 0:
             raise ConfigurationError("retry budgets cannot be negative")
         return self
+
+    @property
+    def most_connections(self) -> int:
+        """The most connections this download may open (what the pool must hold)."""
+        return self.connections or FAR_CONNECTIONS
+
+    def tune(self, rtt: float, remaining: int) -> Tuning:
+        """Settle connections and part size for ``remaining`` bytes over a path of ``rtt``."""
+        connections = self.connections
+        if connections is None:
+            connections = FAR_CONNECTIONS if rtt >= FAR_RTT else NEAR_CONNECTIONS
+        part_size = self.part_size
+        if part_size is None:
+            share = remaining // (2 * connections)
+            part_size = min(MAX_AUTO_PART, max(MIN_AUTO_PART, share // MiB * MiB))
+        return Tuning(connections, part_size, rtt)

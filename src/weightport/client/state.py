@@ -2,9 +2,11 @@
 
 For a target ``model.safetensors`` the bytes go to ``model.safetensors.wpdl.part`` and the
 state to ``model.safetensors.wpdl``. The state names the remote entity (size, strong ETag,
-expected sha256) and, per part, how many bytes from the part's start were written. It is
-replaced atomically, so a kill leaves either the old or the new state. A state that does not
-match what the server now says is discarded: never splice two versions.
+expected sha256), its parts (half-open byte ranges that tile the file; a part may be split
+while it downloads, so they are listed rather than implied by one part size) and, per part,
+how many bytes from the part's start were written. It is replaced atomically, so a kill
+leaves either the old or the new state. A state that does not match what the server now
+says is discarded: never splice two versions. Version 1 files (one ``part_size``) still load.
 
 Durability (see :class:`~weightport.client.transfer.Transfer`): a killed process loses no
 written bytes (they are in the page cache), only an OS crash or power cut can. When a sha256
@@ -25,7 +27,7 @@ from typing import Any
 
 STATE_SUFFIX = ".wpdl"
 PARTIAL_SUFFIX = ".wpdl.part"
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,24 @@ def state_path(target: Path) -> Path:
     return target.with_name(target.name + STATE_SUFFIX)
 
 
+def tiles(size: int, parts: tuple[Part, ...]) -> bool:
+    """Whether ``parts`` cover ``[0, size)`` exactly once, none empty (in any order)."""
+    pos = 0
+    for part in sorted(parts, key=lambda p: p.start):
+        if part.start != pos or part.end <= part.start:
+            return False
+        pos = part.end
+    return pos == size
+
+
 @dataclass(frozen=True)
 class ResumeState:
-    """What a partial file holds: the entity it belongs to and the bytes done per part."""
+    """What a partial file holds: the entity it belongs to, its parts, bytes done per part."""
 
     size: int
     etag: str | None
     sha256: str | None
-    part_size: int
+    parts: tuple[Part, ...]
     done: tuple[int, ...]
 
     def matches(self, *, size: int, etag: str | None, sha256: str | None) -> bool:
@@ -86,23 +98,29 @@ def load_state(path: Path) -> ResumeState | None:
     """Read a state file; ``None`` if it is missing, unreadable or inconsistent."""
     try:
         raw: Any = json.loads(path.read_text("utf-8"))
+        size = int(raw["size"])
+        if raw.get("version") == 1:  # parts implied by one part size
+            part_size = int(raw["part_size"])
+            parts = plan_parts(size, part_size) if part_size > 0 and size >= 0 else ()
+        elif raw.get("version") == _VERSION:
+            bounds = [(int(a), int(b)) for a, b in raw["parts"]]
+            parts = tuple(Part(i, a, b) for i, (a, b) in enumerate(bounds))
+        else:
+            return None
         state = ResumeState(
-            size=int(raw["size"]),
+            size=size,
             etag=raw["etag"] if isinstance(raw["etag"], str) else None,
             sha256=raw["sha256"] if isinstance(raw["sha256"], str) else None,
-            part_size=int(raw["part_size"]),
+            parts=parts,
             done=tuple(int(n) for n in raw["done"]),
         )
-        if raw.get("version") != _VERSION:
-            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if state.size < 0 or state.part_size <= 0:
+    if state.size < 0 or not tiles(state.size, state.parts):
         return None
-    parts = plan_parts(state.size, state.part_size)
-    if len(parts) != len(state.done):
+    if len(state.parts) != len(state.done):
         return None
-    if any(not 0 <= n <= part.size for n, part in zip(state.done, parts, strict=True)):
+    if any(not 0 <= n <= part.size for n, part in zip(state.done, state.parts, strict=True)):
         return None
     return state
 
@@ -114,7 +132,7 @@ def save_state(path: Path, state: ResumeState) -> None:
         "size": state.size,
         "etag": state.etag,
         "sha256": state.sha256,
-        "part_size": state.part_size,
+        "parts": [[part.start, part.end] for part in state.parts],
         "done": list(state.done),
     }
     tmp = path.with_name(path.name + ".tmp")

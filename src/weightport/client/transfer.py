@@ -77,7 +77,7 @@ class Transfer:
         self.epoch = 0
         self.fd = -1
         self.retired_fds: list[int] = []
-        self.parts: tuple[Part, ...] = ()
+        self.parts: list[Part] = []
         self.done: list[int] = []
         self.resumed_bytes = 0
         self.restarts = 0
@@ -118,7 +118,7 @@ class Transfer:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         if resume is not None:
             self.fd = os.open(self.partial, os.O_RDWR)
-            self.parts = plan_parts(self.size, resume.part_size)
+            self.parts = list(resume.parts)
             self.done = list(resume.done)
             self.resumed_bytes = sum(self.done)
             return
@@ -129,7 +129,9 @@ class Transfer:
         self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         preallocate(self.fd, self.size, self.relpath)
         # Without Range support the file can only be fetched as one stream.
-        self.parts = plan_parts(self.size, part_size if self.identity.ranges else max(1, self.size))
+        self.parts = list(
+            plan_parts(self.size, part_size if self.identity.ranges else max(1, self.size))
+        )
         self.done = [0] * len(self.parts)
         self.resumed_bytes = 0
 
@@ -150,14 +152,39 @@ class Transfer:
         with self.lock:
             self.remote = remote
 
-    def record(self, part: int, epoch: int, nbytes: int) -> bool:
-        """Count ``nbytes`` written for ``part``; ``False`` if the epoch is over (stop)."""
+    def record(self, part: int, epoch: int, nbytes: int) -> int | None:
+        """Count ``nbytes`` written for ``part``; the part's end now, ``None`` if the epoch is over.
+
+        The end can move down while the part downloads (:meth:`split`): the caller stops there.
+        """
         with self.lock:
             if epoch != self.epoch:
-                return False
+                return None
             self.done[part] += nbytes
             self.changed.notify_all()
-            return True
+            return self.parts[part].end
+
+    def split(self, part: int, epoch: int, *, keep: int, smallest: int) -> int | None:
+        """Hand the upper half of what ``part`` still lacks to a new part; its index, or ``None``.
+
+        The worker fetching ``part`` keeps the lower half, plus at least ``keep`` bytes past
+        what it has recorded (the read it may have in flight must not cross the new end).
+        Nothing is split unless both halves get at least ``smallest`` bytes.
+        """
+        with self.lock:
+            if epoch != self.epoch or not self.identity.ranges:
+                return None
+            old = self.parts[part]
+            pos = old.start + self.done[part]
+            left = old.end - pos
+            cut = pos + max(keep, left // 2)
+            if left < 2 * smallest or cut - pos < smallest or old.end - cut < smallest:
+                return None
+            self.parts[part] = Part(part, old.start, cut)
+            new = Part(len(self.parts), cut, old.end)
+            self.parts.append(new)
+            self.done.append(0)
+            return new.index
 
     def downloaded(self) -> int:
         """Bytes on disk in the current partial file."""
@@ -169,11 +196,15 @@ class Transfer:
         return all(n == p.size for n, p in zip(self.done, self.parts, strict=True))
 
     def frontier(self) -> int:
-        """Length of the prefix that is entirely on disk (caller holds ``lock``)."""
-        for n, part in zip(self.done, self.parts, strict=True):
-            if n < part.size:
-                return part.start + n
-        return self.size
+        """Length of the prefix that is entirely on disk (caller holds ``lock``).
+
+        Parts tile the file but are not in offset order once split: the prefix ends where
+        the lowest unfinished part stands.
+        """
+        return min(
+            (p.start + n for n, p in zip(self.done, self.parts, strict=True) if n < p.size),
+            default=self.size,
+        )
 
     def wait_complete(self, epoch: int, stop: threading.Event) -> bool:
         """Block until every part is on disk; ``False`` if stopped or the epoch ended."""
@@ -246,7 +277,7 @@ class Transfer:
                     size=self.size,
                     etag=self.identity.etag,
                     sha256=self.expected_sha256,
-                    part_size=self.parts[0].size if self.parts else 1,
+                    parts=tuple(self.parts),
                     done=tuple(self.done),
                 )
                 fd = self.fd
