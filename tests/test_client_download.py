@@ -46,7 +46,7 @@ from weightport.client import (
     download,
     resolve_api,
 )
-from weightport.client.options import FAR_CONNECTIONS, MIN_AUTO_PART, NEAR_CONNECTIONS
+from weightport.client.options import FAR_CONNECTIONS, MIN_AUTO_PART
 from weightport.client.sources import LOCAL_BASE_URL, ApiConfig
 
 KEY = "wp_test_key"
@@ -428,16 +428,15 @@ def test_a_split_download_resumes_from_its_listed_parts(api: FakeApi, tmp_path: 
     assert result.files[0].resumed_bytes == sum(state["done"]) > 0
 
 
-@pytest.mark.parametrize(("latency", "expected"), [(0.0, NEAR_CONNECTIONS), (0.02, None)])
-def test_a_far_server_gets_more_connections(
-    api: FakeApi, tmp_path: Path, latency: float, expected: int | None
-) -> None:
+def test_a_far_server_gets_more_connections(api: FakeApi, tmp_path: Path) -> None:
+    # (The near case is left to test_client_units: on a loaded machine even a loopback
+    # probe can take 10 ms.)
     contents = _populate(api)
-    api.switches.latency = latency  # every file request waits: a long round trip
+    api.switches.latency = 0.02  # every file request waits: a long round trip
     result = download(_source(api), tmp_path / "out", DownloadOptions(buffer_size=16 * KiB))
     _assert_tree(tmp_path / "out", contents)
-    assert result.tuning.rtt >= latency
-    assert result.tuning.connections == (expected or FAR_CONNECTIONS)
+    assert result.tuning.rtt >= 0.02
+    assert result.tuning.connections == FAR_CONNECTIONS
     assert result.tuning.part_size == MIN_AUTO_PART  # a small model: the smallest parts
 
 
