@@ -39,7 +39,12 @@ pytest: $(VENV)/.test-installed
 
 test: lint typecheck pytest
 
-bench: $(VENV)/.test-installed
+$(VENV)/.bench-installed: $(VENV)/.test-installed requirements/bench.txt
+	scripts/ensure-system-packages.sh aria2c:aria2
+	$(BIN)/pip install -q -r requirements/bench.txt
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run_all
 
 clean:

@@ -68,7 +68,7 @@ TARGET_VS_HF = 1.2
 TARGET_VS_CURL = 1.0
 SAMPLE = 64 * 1024
 ARIA2C = shutil.which("aria2c") or "/usr/bin/aria2c"
-_VARIANT = re.compile(r"^(\d+)x(\d+[KMG]?)$", re.IGNORECASE)
+_VARIANT = re.compile(r"^(\d+|auto)x(\d+[KMG]?|auto)$", re.IGNORECASE)
 _HF_SCRIPT = """
 import sys, hf_transfer
 args = sys.argv[1:]
@@ -248,7 +248,7 @@ def _range(url: str, offset: int, count: int) -> bytes:
 def parse_variant(text: str) -> tuple[str, list[str]]:
     match = _VARIANT.match(text)
     if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: use CONNECTIONSxPART, e.g. 4x64M")
+        raise argparse.ArgumentTypeError(f"{text!r}: use CONNECTIONSxPART, e.g. 4x64M or 8xauto")
     return f"weightport {match[1]}×{match[2]}", ["--connections", match[1], "--part-size", match[2]]
 
 

@@ -14,10 +14,11 @@ fetches the files in turn with ``max_files=8``. Outputs are checked outside the 
 (sizes and sampled windows every round, full sha256 in the warm-up round).
 
 The emulator must never be what limits the figures, so it runs as its own process and its
-CPU is read per fetch (core-seconds per GB through it). After the timed rounds the fastest
-parallel contenders run again through an *unthrottled* emulator (no delay, no cap): that
-aggregate throughput is the proxy's ceiling, and it has to stay above every throttled
-figure.
+CPU is read per fetch (core-seconds per GB through it). After the timed rounds the parallel
+contenders (weightport with the 32 connections it picks on the link, aria2c) run again, in
+interleaved rounds, through an *unthrottled* emulator (no delay, no cap) and straight to the
+server: the first is the proxy's ceiling, which has to stay above every throttled figure,
+and the second shows what the proxy itself costs.
 
     .venv/bin/python -m bench.downloader_link [--quick] [--reps N] [--rtt-ms 40] [--rate 25M]
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from bench.common import (
     GB,
+    Contender,
     MiB,
     Row,
     Sample,
@@ -56,6 +58,7 @@ from bench.downloader import (
     variant_arg,
 )
 from bench.link_emulator import LinkEmulator, LinkProfile, check_profile, parse_rate
+from weightport.client.options import FAR_CONNECTIONS
 
 NAME = "downloader_link"
 #: weightport ÷ contender, each as the issue sets it.
@@ -66,8 +69,8 @@ LABELS = {
     "aria2c": "aria2c -x8 -s8 (unverified)",
     "hf_transfer": "hf_transfer, max_files=8 (unverified)",
 }
-#: Contenders run again through the unthrottled emulator (its ceiling).
-CEILING = ("weightport", "aria2c")
+#: Contenders run again through the unthrottled emulator and directly (its ceiling).
+CEILING = {"weightport": ["--connections", str(FAR_CONNECTIONS)], "aria2c": []}
 
 
 def _through(model: Model, link: LinkEmulator) -> Model:
@@ -77,17 +80,25 @@ def _through(model: Model, link: LinkEmulator) -> Model:
     return replace(model, base_url=link.base_url, urls=urls)
 
 
-def _fetches(bench: Bench, names: Sequence[str], variants: Sequence[str]) -> dict[str, Any]:
+def _fetches(bench: Bench, variants: Sequence[str]) -> dict[str, Callable[[], tuple[int, float]]]:
     methods: dict[str, Callable[[Any], float]] = {
         "weightport": bench.weightport(),
         "curl": bench.curl,
         "aria2c": bench.aria2c,
         "hf_transfer": bench.hf_transfer,
     }
-    fetches = {name: bench.contender(name, methods[name]) for name in names}
+    fetches = {name: bench.contender(name, methods[name]) for name in LABELS}
     for text in variants:
         label, extra = parse_variant(text)
         fetches[label] = bench.contender(label, bench.weightport(extra))
+    return fetches
+
+
+def _ceiling_fetches(bench: Bench, where: str) -> dict[str, Callable[[], tuple[int, float]]]:
+    fetches = {}
+    for name, extra in CEILING.items():
+        fetch = bench.weightport(extra) if name == "weightport" else bench.aria2c
+        fetches[f"{name} {where}"] = bench.contender(f"{name} {where}", fetch)
     return fetches
 
 
@@ -107,15 +118,15 @@ def run(
     with scratch_dir(NAME) as tmp:
         server, digests = publish_model(tmp, file_size)
         try:
-            direct = server.signed_urls(MODEL)
+            signed = server.signed_urls(MODEL)
             samples = {
-                rel: reference_samples(direct[rel], file_size, i)
-                for i, rel in enumerate(sorted(direct))
+                rel: reference_samples(signed[rel], file_size, i)
+                for i, rel in enumerate(sorted(signed))
             }
-            model = Model(server, server.base_url, direct, digests, file_size, samples)
+            model = Model(server, server.base_url, signed, digests, file_size, samples)
             with LinkEmulator(server.port, profile, tmp / "emulator.log") as link:
                 bench = Bench(_through(model, link), tmp)
-                fetches = _fetches(bench, list(LABELS), variants)
+                fetches = _fetches(bench, variants)
                 bench.full_check = True  # warm-up: page cache, code paths, full sha256 of all
                 for fetch in fetches.values():
                     fetch()
@@ -126,9 +137,11 @@ def run(
                 linked = interleaved(reps, {k: (link.pid, f) for k, f in fetches.items()})
             open_path = LinkProfile(rtt=0.0, rate=0.0)
             with LinkEmulator(server.port, open_path, tmp / "emulator.log") as link:
-                ceiling_bench = Bench(_through(model, link), tmp)
-                fetches = _fetches(ceiling_bench, CEILING, ())
-                ceiling = interleaved(reps, {k: (link.pid, f) for k, f in fetches.items()})
+                through = _ceiling_fetches(Bench(_through(model, link), tmp), "via proxy")
+                direct = _ceiling_fetches(Bench(model, tmp), "direct")
+                contenders: dict[str, Contender] = {k: (link.pid, f) for k, f in through.items()}
+                contenders.update({k: (None, f) for k, f in direct.items()})
+                ceiling = interleaved(reps, contenders)
         finally:
             server.stop()
     rows = _rows(linked, ceiling, bench, profile)

@@ -13,13 +13,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import archive_download, blob_vs_nginx, console_pages, downloader, merge_stream
+from bench import (
+    archive_download,
+    blob_vs_nginx,
+    console_pages,
+    downloader,
+    downloader_link,
+    merge_stream,
+)
 from bench.common import Row, machine_info, markdown_table, write_results
 
 BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     blob_vs_nginx.NAME: lambda quick: blob_vs_nginx.run(quick=quick),
     archive_download.NAME: lambda quick: archive_download.run(quick=quick),
     downloader.NAME: lambda quick: downloader.run(quick=quick),
+    downloader_link.NAME: lambda quick: downloader_link.run(quick=quick),
     merge_stream.NAME: lambda quick: merge_stream.run(quick=quick),
     console_pages.NAME: lambda quick: console_pages.run(quick=quick),
 }

@@ -3,10 +3,11 @@
 # checks), curl (Range/resume checks), chromium (the web console's browser tests, driven by
 # Playwright: `playwright install` cannot download its own browsers here). Installs them when
 # missing and we are root.
+# Extra arguments name more, as TOOL or TOOL:PACKAGE (the benchmarks add aria2c:aria2).
 set -euo pipefail
 missing=()
-for tool in zstd curl tar; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+for spec in zstd curl tar "$@"; do
+  command -v "${spec%%:*}" >/dev/null 2>&1 || missing+=("${spec#*:}")
 done
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
