@@ -79,6 +79,7 @@ class Transfer:
         self.retired_fds: list[int] = []
         self.parts: list[Part] = []
         self.done: list[int] = []
+        self.unannounced = 0  # bytes recorded since waiters were last woken
         self.resumed_bytes = 0
         self.restarts = 0
         self.started = False
@@ -161,7 +162,12 @@ class Transfer:
             if epoch != self.epoch:
                 return None
             self.done[part] += nbytes
-            self.changed.notify_all()
+            # The waiters (the hasher, wait_complete) act on whole hash chunks or finished
+            # parts only; waking them for every write is a context switch each for nothing.
+            self.unannounced += nbytes
+            if self.unannounced >= HASH_CHUNK or self.done[part] >= self.parts[part].size:
+                self.unannounced = 0
+                self.changed.notify_all()
             return self.parts[part].end
 
     def split(self, part: int, epoch: int, *, keep: int, smallest: int) -> int | None:
