@@ -14,11 +14,11 @@ fetches the files in turn with ``max_files=8``. Outputs are checked outside the 
 (sizes and sampled windows every round, full sha256 in the warm-up round).
 
 The emulator must never be what limits the figures, so it runs as its own process and its
-CPU is read per fetch (core-seconds per GB through it). After the timed rounds the parallel
-contenders (weightport with the 32 connections it picks on the link, aria2c) run again, in
-interleaved rounds, through an *unthrottled* emulator (no delay, no cap) and straight to the
-server: the first is the proxy's ceiling, which has to stay above every throttled figure,
-and the second shows what the proxy itself costs.
+CPU is read per fetch (core-seconds per GB through it). In the same interleaved rounds the
+parallel contenders (weightport with the 32 connections it picks on the link, aria2c) also
+run through a second, *unthrottled* emulator (no delay, no cap) and straight to the server:
+the first is the proxy's ceiling, which has to stay above every throttled figure, and the
+second shows what the proxy itself costs.
 
     .venv/bin/python -m bench.downloader_link [--quick] [--reps N] [--rtt-ms 40] [--rate 25M]
 """
@@ -124,7 +124,12 @@ def run(
                 for i, rel in enumerate(sorted(signed))
             }
             model = Model(server, server.base_url, signed, digests, file_size, samples)
-            with LinkEmulator(server.port, profile, tmp / "emulator.log") as link:
+            log = tmp / "emulator.log"
+            open_path = LinkProfile(rtt=0.0, rate=0.0)
+            with (
+                LinkEmulator(server.port, profile, log) as link,
+                LinkEmulator(server.port, open_path, log) as unthrottled,
+            ):
                 bench = Bench(_through(model, link), tmp)
                 fetches = _fetches(bench, variants)
                 bench.full_check = True  # warm-up: page cache, code paths, full sha256 of all
@@ -134,14 +139,15 @@ def run(
                 bench.client_cpu.clear()
                 bench.sha_seconds.clear()
                 bench.sha_cpu.clear()
-                linked = interleaved(reps, {k: (link.pid, f) for k, f in fetches.items()})
-            open_path = LinkProfile(rtt=0.0, rate=0.0)
-            with LinkEmulator(server.port, open_path, tmp / "emulator.log") as link:
-                through = _ceiling_fetches(Bench(_through(model, link), tmp), "via proxy")
+                # The ceiling runs in the same rounds, so that drifting load hits both alike.
+                through = _ceiling_fetches(Bench(_through(model, unthrottled), tmp), "via proxy")
                 direct = _ceiling_fetches(Bench(model, tmp), "direct")
-                contenders: dict[str, Contender] = {k: (link.pid, f) for k, f in through.items()}
+                contenders: dict[str, Contender] = {k: (link.pid, f) for k, f in fetches.items()}
+                contenders.update({k: (unthrottled.pid, f) for k, f in through.items()})
                 contenders.update({k: (None, f) for k, f in direct.items()})
-                ceiling = interleaved(reps, contenders)
+                measured = interleaved(reps, contenders)
+            linked = {k: v for k, v in measured.items() if k in fetches}
+            ceiling = {k: v for k, v in measured.items() if k not in fetches}
         finally:
             server.stop()
     rows = _rows(linked, ceiling, bench, profile)
