@@ -666,6 +666,9 @@ def test_cli_model_json_and_errors(
         "FIREWORKS_API_KEY\n"
     )
     assert json.loads(nokey.stdout)["error"]["type"] == "ConfigurationError"
+    for flag, value in (("--connections", "lots"), ("--connections", "0"), ("--part-size", "x")):
+        bad = runner.invoke(download_group, ["model", f"{ACCOUNT}/{MODEL}", flag, value])
+        assert bad.exit_code == 2 and f"'{value}' is not" in bad.stderr, bad.stderr
 
 
 def test_api_settings_precedence() -> None:
