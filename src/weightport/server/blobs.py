@@ -3,8 +3,8 @@
 No API key here: the signature in the query string is the credential. It binds the method,
 the decoded path, the expiry and the signing key id, the id of the API key that minted the
 URL (so revoking that key revokes its URLs, within ``revocation_delay``), plus what the route
-needs to stay honest: the blob's sha256 for downloads, the declared size and upload
-generation for uploads.
+needs to stay honest: the blob's sha256 for downloads; the declared size, the upload
+generation and (when the uploader declared it) the sha256 for uploads.
 """
 
 from __future__ import annotations
