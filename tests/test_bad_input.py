@@ -211,3 +211,26 @@ def test_checkpoint_step_beyond_the_catalog_range(api: FireworksApi) -> None:
     )
     assert response.status_code == 400, response.text
     assert "step" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("training_type", ["Lora", "Full"])
+def test_deeply_nested_checkpoint_json_is_400(api: FireworksApi, training_type: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    base, ckpt = f"nest-base-{training_type.lower()}", f"nest-ckpt-{training_type.lower()}"
+    api.publish(base, {"config.json": b"{}"})
+    name = "adapter_config.json" if training_type == "Lora" else "config.json"
+    assert api.create(ckpt, kind="CUSTOM_MODEL").status_code == 200
+    urls = api.upload_urls(ckpt, {name: len(deep)})
+    assert httpx.put(urls[name], content=deep).status_code == 200
+    assert api.validate(ckpt).status_code == 200
+    response = httpx.post(
+        api.base.split("/v1/")[0] + "/weightport/v1/fine-tunes",
+        headers={"Authorization": str(api.http.headers["Authorization"])},
+        json={
+            "base_model": base,
+            "training_type": training_type,
+            "checkpoints": [{"step": 1, "kind": "final", "model": ckpt}],
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "not valid JSON" in response.json()["error"]["message"]
