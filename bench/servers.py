@@ -89,9 +89,17 @@ class WeightportServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env)
         _wait_listening(self.port, self.process, self.log_path)
-        found = KEY_PATTERN.search(self.log_path.read_text())
-        if found and not self.admin_key:
-            self.admin_key = found.group(0)
+        # The banner with the key is printed once the server answers, a moment after it
+        # starts listening: wait for it rather than read the log once.
+        deadline = time.monotonic() + 30
+        while not self.admin_key and time.monotonic() < deadline:
+            found = KEY_PATTERN.search(self.log_path.read_text())
+            if found:
+                self.admin_key = found.group(0)
+            elif self.process.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
         if not self.admin_key:
             raise RuntimeError(f"no admin key in the server log:\n{self.log_path.read_text()}")
         return self
