@@ -10,11 +10,11 @@ they were saved in, and merges each layer as:
 - ``Embedding``: ``delta = (B @ A).T * scaling`` in float32, then ``W += delta.to(W.dtype)`` —
   the delta is rounded to W's dtype *before* the add, which rounds again.
 
-``B @ A`` must be PyTorch's own float32 result (:mod:`weightport.merge.fma` reproduces it).
-bf16 and fp16 weights go through :mod:`weightport.merge.bracket`, which settles almost every
-element from one BLAS product and recomputes the rest exactly; float32 weights, and factors
-that are not finite or could overflow, take the exact emulation throughout. Both give the
-same bytes. The dtype conversions live in :mod:`weightport.merge.rounding`.
+``B @ A`` must be PyTorch's own float32 result: sequential fused multiply-adds over the rank,
+which :mod:`weightport.merge.kernel` computes with real FMA instructions, fused with the
+scaling, the add and (for bf16 and float32 weights) the rounding in one compiled pass. float16
+weights take the delta from the kernel and NumPy's conversion
+(:mod:`weightport.merge.rounding`), which rounds as PyTorch does.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from weightport.errors import InvalidArgument
-from weightport.merge.bracket import Bracket, prepare_bracket
-from weightport.merge.fma import F64, lora_product
+from weightport.merge.kernel import lora_delta, merge_bfloat16, merge_float32
 from weightport.merge.rounding import (
     F32,
     FACTOR_DTYPES,
@@ -41,7 +40,6 @@ from weightport.merge.rounding import (
 
 __all__ = [
     "F32",
-    "F64",
     "FACTOR_DTYPES",
     "MERGEABLE_DTYPES",
     "LoraDelta",
@@ -70,6 +68,24 @@ def lora_factors(a: F32, b: F32, *, transposed: bool) -> tuple[F32, F32]:
     return np.ascontiguousarray(b), np.ascontiguousarray(a)
 
 
+def lora_product(left: F32, right: F32) -> F32:
+    """``left @ right`` in float32, accumulated as PyTorch's CPU sgemm does.
+
+    Element ``(i, j)`` is ``fma(left[i, r-1], right[r-1, j], … fma(left[i, 1], right[1, j],
+    left[i, 0] * right[0, j]))``: one rounding per rank step, in rank order, for every input
+    (subnormal, huge and non-finite ones included).
+    """
+    if left.ndim != 2 or right.ndim != 2 or left.shape[1] != right.shape[0]:
+        raise InvalidArgument(f"LoRA factors do not chain: {left.shape} @ {right.shape}")
+    out = np.empty((left.shape[0], right.shape[1]), dtype=np.float32)
+    lora_delta(_factor(left), _factor(right), 1.0, 0, out)
+    return out
+
+
+def _factor(x: F32) -> F32:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class LoraDelta:
     """One weight's LoRA delta, prepared once to merge any rows of that weight.
@@ -83,19 +99,22 @@ class LoraDelta:
     scaling: float
     dtype: str
     round_delta: bool
-    bracket: Bracket | None  # None: the exact path for every element
 
     @classmethod
     def prepare(
         cls, left: F32, right: F32, scaling: float, *, dtype: str, round_delta: bool = False
     ) -> LoraDelta:
-        """Check the factors and prepare the fast path where it applies."""
+        """Check the factors (C-contiguous float32 copies are kept)."""
         if dtype not in MERGEABLE_DTYPES:
             raise InvalidArgument(f"cannot merge a LoRA delta into a {dtype} weight")
         if left.shape[1] != right.shape[0]:
             raise InvalidArgument(f"LoRA factors do not chain: {left.shape} @ {right.shape}")
-        bracket = prepare_bracket(left, right, scaling, dtype=dtype, round_delta=round_delta)
-        return cls(left, right, scaling, dtype, round_delta, bracket)
+        return cls(_factor(left), _factor(right), scaling, dtype, round_delta)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the prepared factors hold."""
+        return self.left.nbytes + self.right.nbytes
 
     def merge_rows(
         self,
@@ -117,14 +136,34 @@ class LoraDelta:
             )
         if out is None:
             out = np.empty(base_rows.shape, dtype=base_rows.dtype)
-        if self.bracket is not None:
-            self.bracket.merge_rows(base_rows, start, out)
-            return out
-        # torch multiplies a float32 tensor by a Python scalar in float32.
-        delta = lora_product(self.left[start:stop], self.right)
-        with np.errstate(over="ignore", invalid="ignore"):
-            np.multiply(delta, np.float32(self.scaling), out=delta)
-        out[...] = add_delta(base_rows, delta, dtype=self.dtype, round_delta=self.round_delta)
+        # The compiled loops take C-contiguous rows; others go through a contiguous copy.
+        target = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
+        base = np.ascontiguousarray(base_rows)
+        if self.dtype == "BF16":
+            merge_bfloat16(
+                base.view(np.uint16),
+                self.left,
+                self.right,
+                self.scaling,
+                start,
+                target.view(np.uint16),
+                round_delta=self.round_delta,
+            )
+        elif self.dtype == "F32":  # .to(float32) of a float32 delta rounds nothing
+            merge_float32(
+                base.view(np.float32),
+                self.left,
+                self.right,
+                self.scaling,
+                start,
+                target.view(np.float32),
+            )
+        else:
+            delta = np.empty(base.shape, dtype=np.float32)
+            lora_delta(self.left, self.right, self.scaling, start, delta)
+            target[...] = add_delta(base, delta, dtype=self.dtype, round_delta=self.round_delta)
+        if target is not out:
+            out[...] = target
         return out
 
 

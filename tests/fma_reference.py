@@ -1,16 +1,13 @@
-"""PyTorch's CPU ``B @ A`` for a LoRA rank, reproduced bit for bit (the exact, slow path).
+"""A second, independent derivation of PyTorch's CPU ``B @ A`` in plain NumPy, for the tests.
 
 PyTorch's CPU sgemm (MKL) accumulates each element over the rank in order with a fused
-multiply-add per step: ``acc = fma(B[i, k], A[k, j], acc)``. NumPy's matmul sums in another
-order (about 1 in 50 elements differ), and summing exactly once in float64 disagrees with
-torch on most elements. This module emulates the sequential FMA in float64: a float32 ×
-float32 product is exact in float64, the float64 sum is rounded once more, and rounding that
-to float32 is wrong only when the float64 sum is inexact and lands exactly on a float32
-midpoint; those rare elements are detected and recomputed with an error-free sum. The result
-does not depend on the CPU or BLAS build, so every replica serves the same bytes.
-
-It costs about five passes over the output per rank step. :mod:`weightport.merge.bracket`
-avoids it for all but a few elements of bf16 and fp16 weights.
+multiply-add per step: ``acc = fma(B[i, k], A[k, j], acc)``. The product uses FMA
+instructions (:mod:`weightport.merge.kernel`); this module gets the same result without them,
+by emulating the sequential FMA in float64: a float32 × float32 product is exact in float64,
+the float64 sum is rounded once more, and rounding that to float32 is wrong only when the
+float64 sum is inexact and lands exactly on a float32 midpoint; those rare elements are
+detected and recomputed with an error-free sum. It was the product's own arithmetic before the
+compiled kernel, and checks that kernel on inputs torch is not needed for.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-
-from weightport.errors import InvalidArgument
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -47,7 +42,7 @@ def lora_product(left: F32, right: F32) -> F32:
     """
     n, rank = left.shape
     if right.shape[0] != rank:
-        raise InvalidArgument(f"LoRA factors do not chain: {left.shape} @ {right.shape}")
+        raise ValueError(f"LoRA factors do not chain: {left.shape} @ {right.shape}")
     m = right.shape[1]
     out = np.empty((n, m), dtype=np.float32)
     if out.size == 0:
@@ -67,26 +62,6 @@ def lora_product(left: F32, right: F32) -> F32:
             stop = min(n, start + rows)
             lefts = [left64[start:stop, k : k + 1] for k in range(rank)]
             _fma_chain(lefts, rights, out[start:stop], scratch, checked)
-    return out
-
-
-def paired_products(left_terms: F64, right_terms: F64, *, checked: bool) -> F32:
-    """Chosen elements of ``left @ right``, accumulated as :func:`lora_product` does.
-
-    Rank-major float64 copies of float32 factors: ``left_terms[k, e]`` is ``left[i, k]`` and
-    ``right_terms[k, e]`` is ``right[k, j]`` for the element ``e = (i, j)`` (both
-    ``[rank, count]``). ``checked`` is False only if both factors are :func:`in_fast_range`.
-    For the few elements the bracketed merge cannot settle, without the whole product.
-    """
-    rank, count = left_terms.shape
-    out = np.empty(count, dtype=np.float32)
-    if count == 0:
-        return out
-    if rank == 0:
-        out.fill(0)
-        return out
-    with np.errstate(over="ignore", invalid="ignore"):
-        _fma_chain(list(left_terms), list(right_terms), out, _Scratch(count), checked)
     return out
 
 
