@@ -339,7 +339,7 @@ def test_random_ranges_of_a_merged_shard_equal_the_oracle_file(
     llama_oracles: dict[str, Oracle], data: st.DataObject
 ) -> None:
     oracle = llama_oracles[data.draw(st.sampled_from(["bf16/embed-save", "fp16/patterns"]))]
-    files = merged_files(dir_sources(oracle.base), dir_sources(oracle.adapter), block_bytes=4096)
+    files = merged_files(dir_sources(oracle.base), dir_sources(oracle.adapter))
     path = data.draw(st.sampled_from(sorted(p.name for p in oracle.merged.glob("*.safetensors"))))
     shard = files[path]
     assert isinstance(shard, MergedShard)

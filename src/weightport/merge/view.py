@@ -6,29 +6,24 @@ shard index) and shards the adapter does not touch are the base's own sources. E
 shard is a :class:`MergedShard`: its header is the base shard's header byte for byte (same
 names, dtypes, shapes and offsets, so every size is known before any arithmetic), untouched
 tensors are copied from the base, ``modules_to_save`` tensors come from the adapter, and
-LoRA-adapted weights are merged on the fly, a block of rows at a time, only for the rows a
-read touches.
+LoRA-adapted weights are merged on the fly, only for the rows a read touches.
 
-Memory per shard stays around ``(prefetch_blocks + 3) × block_bytes`` plus the prepared LoRA
-deltas of a few weights (:class:`~weightport.merge.tensor.LoraDelta`: the factors, a float64
-copy and their norms, about 1.8 MB for a 2048 × 5632 weight at rank 16), whatever the size of
-the model or of a read. Each block is one buffer: the weight rows are read into it and merged
-in place. A sequential reader finds the next blocks already being computed on the executor
-while it sends the current one. (More parallelism was measured and dropped: on the 2-vCPU
-machines this project runs on, a second merge thread competes with the sending itself and with
-the client.) Reads are thread-safe: concurrent readers of one block wait for a single
-computation.
+A read is computed where it lands: the base rows are read straight into the caller's buffer
+and merged there in place (:mod:`weightport.merge.kernel`), so the merged bytes are never
+copied. Only a row the read covers in part is merged on the side (one row per thread is kept,
+since consecutive reads share their boundary row). Nothing else is kept between reads but the
+prepared LoRA factors of recently merged weights, in one process-wide cache bounded in bytes
+(:data:`DELTA_CACHE_BYTES`): memory does not grow with the model, the number of open views or
+of readers. Reads are thread-safe and independent, so reading ahead on several threads (the
+server's read-ahead pool does) computes several parts of a shard in parallel.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -46,38 +41,16 @@ from weightport.merge.tensor import (
 )
 from weightport.storage.base import ByteSource
 
-__all__ = ["MergeSummary", "MergedShard", "merged_files", "validate_merge"]
+__all__ = ["DELTA_CACHE_BYTES", "MergeSummary", "MergedShard", "merged_files", "validate_merge"]
 
-#: Bytes of merged output computed and cached as one unit.
-BLOCK_BYTES = 4 << 20
-#: Blocks computed ahead of a sequential reader, overlapping the merge with its sending.
-PREFETCH_BLOCKS = 1
-_CACHE_BLOCKS = 3  # besides the prefetched ones: room for a few concurrent readers
-_FACTOR_CACHE = 4
+#: Bytes of prepared LoRA factors kept for reuse, over all views of the process (a rank-16
+#: factor pair of a 5632 x 2048 weight is 0.5 MB; re-reading one costs ~0.1 ms).
+DELTA_CACHE_BYTES = 64 << 20
 _CONVERT_ELEMENTS = 1 << 20
-
-_shared_executor: ThreadPoolExecutor | None = None
-_shared_lock = threading.Lock()
-
-
-def default_executor() -> Executor:
-    """The process-wide pool merged shards prefetch on (one thread per core, at most 4)."""
-    global _shared_executor
-    with _shared_lock:
-        if _shared_executor is None:
-            _shared_executor = ThreadPoolExecutor(
-                max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="weightport-merge"
-            )
-        return _shared_executor
 
 
 def merged_files(
-    base: Mapping[str, ByteSource],
-    adapter: Mapping[str, ByteSource],
-    *,
-    executor: Executor | None = None,
-    block_bytes: int = BLOCK_BYTES,
-    prefetch_blocks: int = PREFETCH_BLOCKS,
+    base: Mapping[str, ByteSource], adapter: Mapping[str, ByteSource]
 ) -> dict[str, ByteSource]:
     """The files of the merged model: relative path → source of its bytes, sorted by path.
 
@@ -87,62 +60,64 @@ def merged_files(
     plan = plan_merge(base, adapter)
     files: dict[str, ByteSource] = dict(plan.passthrough)
     for path, shard in plan.shards.items():
-        if shard.targets or shard.replacements:
-            files[path] = MergedShard(
-                shard, executor=executor, block_bytes=block_bytes, prefetch_blocks=prefetch_blocks
-            )
-        else:
-            files[path] = shard.base
+        files[path] = MergedShard(shard) if shard.targets or shard.replacements else shard.base
     return dict(sorted(files.items()))
 
 
-class _Slot:
-    """A block being computed: waiters block until the value (or the error) is set."""
+class _DeltaCache:
+    """Prepared LoRA deltas, least recently used first out, within a byte budget."""
 
-    def __init__(self) -> None:
-        self._done = threading.Event()
-        self._value: bytes | bytearray | None = None
-        self._error: BaseException | None = None
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._lock = threading.Lock()
+        self._deltas: OrderedDict[tuple[object, str], LoraDelta] = OrderedDict()
 
-    def set(self, value: bytes | bytearray) -> None:
-        self._value = value
-        self._done.set()
+    def get(self, key: tuple[object, str]) -> LoraDelta | None:
+        with self._lock:
+            delta = self._deltas.get(key)
+            if delta is not None:
+                self._deltas.move_to_end(key)
+            return delta
 
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._done.set()
+    def put(self, key: tuple[object, str], delta: LoraDelta) -> None:
+        with self._lock:
+            if key in self._deltas:
+                return
+            self._deltas[key] = delta
+            self._held += delta.nbytes
+            while self._held > self._budget and len(self._deltas) > 1:
+                _, old = self._deltas.popitem(last=False)
+                self._held -= old.nbytes
 
-    def get(self) -> memoryview:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None  # set() ran: internal invariant, not user input
-        return memoryview(self._value)  # slices of a view copy nothing
+    @property
+    def held(self) -> int:
+        """Bytes of factors held now."""
+        return self._held
+
+
+_deltas = _DeltaCache(DELTA_CACHE_BYTES)
+
+
+class _Row:
+    """One merged row, kept per thread: reads that split a row share it."""
+
+    def __init__(self, key: tuple[object, str, int], data: bytearray) -> None:
+        self.key = key
+        self.data = data
+
+
+_last_row = threading.local()
 
 
 class MergedShard:
     """A base safetensors shard with the adapter merged in, as a random-access ByteSource."""
 
-    def __init__(
-        self,
-        plan: ShardPlan,
-        *,
-        executor: Executor | None = None,
-        block_bytes: int = BLOCK_BYTES,
-        prefetch_blocks: int = PREFETCH_BLOCKS,
-    ) -> None:
+    def __init__(self, plan: ShardPlan) -> None:
         self._plan = plan
         self._tensors = plan.header.tensors
         self._begins = [t.begin for t in self._tensors]
-        self._executor = executor if executor is not None else default_executor()
-        self._block_bytes = max(1, block_bytes)
-        self._lock = threading.Lock()
-        self._blocks: OrderedDict[tuple[str, int], _Slot] = OrderedDict()
-        self._deltas: OrderedDict[str, LoraDelta] = OrderedDict()
-        self._prefetch_depth = max(0, prefetch_blocks)
-        self._cache_blocks = self._prefetch_depth + _CACHE_BLOCKS
-        self._inflight = 0
-        self._position = {t.name: i for i, t in enumerate(self._tensors)}
+        self._key = object()  # names this view in the process-wide caches
 
     @property
     def size(self) -> int:
@@ -210,105 +185,50 @@ class MergedShard:
             s, e = max(lo, chunk_start), min(hi, chunk_start + len(converted))
             dest[s - lo : e - lo] = converted[s - chunk_start : e - chunk_start]
 
-    def _rows_per_block(self, t: TensorInfo) -> int:
-        return max(1, self._block_bytes // (t.shape[1] * t.itemsize))
-
     def _read_target(self, target: LoraTarget, lo: int, hi: int, dest: memoryview) -> None:
+        """Merged bytes ``[lo, hi)`` (file offsets inside ``target``'s weight) into ``dest``:
+        whole rows in place, a row cut by either end through :meth:`_row`."""
         t = target.base
-        span = self._rows_per_block(t) * t.shape[1] * t.itemsize
-        first = (lo - t.begin) // span
-        last = (hi - 1 - t.begin) // span
-        for b in range(first, last + 1):
-            data = self._block(target, b)
-            start = t.begin + b * span
-            s, e = max(lo, start), min(hi, start + len(data))
-            dest[s - lo : e - lo] = data[s - start : e - start]
-        self._prefetch_after(target, last)
+        row_bytes = t.shape[1] * t.itemsize
+        first = -(-(lo - t.begin) // row_bytes)  # the first row that starts inside
+        last = (hi - t.begin) // row_bytes  # the row after the last one that ends inside
+        if first > last:  # inside one row
+            row = (lo - t.begin) // row_bytes
+            start = t.begin + row * row_bytes
+            dest[:] = self._row(target, row)[lo - start : hi - start]
+            return
+        head = t.begin + first * row_bytes - lo  # bytes of a cut row before the whole rows
+        if head:
+            dest[:head] = self._row(target, first - 1)[row_bytes - head :]
+        if last > first:
+            rows = dest[head : head + (last - first) * row_bytes]
+            self._merge_into(target, first, last, rows)
+        tail = hi - (t.begin + last * row_bytes)
+        if tail:
+            dest[len(dest) - tail :] = self._row(target, last)[:tail]
 
-    def _block(self, target: LoraTarget, b: int) -> memoryview:
-        key = (target.base.name, b)
-        with self._lock:
-            slot = self._blocks.get(key)
-            owner = slot is None
-            if slot is None:
-                slot = self._remember(key)
-            else:
-                self._blocks.move_to_end(key)
-        if owner:
-            self._fill(slot, key, target, b)
-        return slot.get()
+    def _row(self, target: LoraTarget, row: int) -> memoryview:
+        """One merged row as bytes, from this thread's one-row cache if it is that row."""
+        key = (self._key, target.base.name, row)
+        cached: _Row | None = getattr(_last_row, "row", None)
+        if cached is None or cached.key != key:
+            data = bytearray(target.base.shape[1] * target.base.itemsize)
+            self._merge_into(target, row, row + 1, memoryview(data))
+            cached = _last_row.row = _Row(key, data)
+        return memoryview(cached.data)
 
-    def _remember(self, key: tuple[str, int]) -> _Slot:
-        slot = _Slot()
-        self._blocks[key] = slot
-        while len(self._blocks) > self._cache_blocks:
-            self._blocks.popitem(last=False)
-        return slot
-
-    def _fill(self, slot: _Slot, key: tuple[str, int], target: LoraTarget, b: int) -> None:
-        try:
-            slot.set(self._compute_block(target, b))
-        except BaseException as exc:
-            with self._lock:
-                if self._blocks.get(key) is slot:
-                    del self._blocks[key]
-            slot.fail(exc)
-
-    def _prefetch_after(self, target: LoraTarget, b: int) -> None:
-        """Start computing the next blocks a sequential reader will want, up to the depth."""
-        for nxt, k in itertools.islice(self._blocks_after(target, b), self._prefetch_depth):
-            key = (nxt.base.name, k)
-            with self._lock:
-                if key in self._blocks:
-                    continue
-                if self._inflight >= self._prefetch_depth:
-                    return
-                self._inflight += 1
-                slot = self._remember(key)
-            try:
-                self._executor.submit(self._run_prefetch, slot, key, nxt, k)
-            except RuntimeError as exc:  # the executor is shut down: prefetching is optional
-                with self._lock:
-                    self._inflight -= 1
-                    if self._blocks.get(key) is slot:
-                        del self._blocks[key]
-                slot.fail(exc)
-                return
-
-    def _blocks_after(self, target: LoraTarget, b: int) -> Iterator[tuple[LoraTarget, int]]:
-        """Blocks of merged weights in file order after block ``b`` of ``target``."""
-        yield from ((target, k) for k in range(b + 1, self._block_count(target.base)))
-        for t in itertools.islice(self._tensors, self._position[target.base.name] + 1, None):
-            following = self._plan.targets.get(t.name)
-            if following is not None:
-                yield from ((following, k) for k in range(self._block_count(t)))
-
-    def _block_count(self, t: TensorInfo) -> int:
-        return -(-t.shape[0] // self._rows_per_block(t))
-
-    def _run_prefetch(self, slot: _Slot, key: tuple[str, int], target: LoraTarget, b: int) -> None:
-        try:
-            self._fill(slot, key, target, b)
-        finally:
-            with self._lock:
-                self._inflight -= 1
-
-    def _compute_block(self, target: LoraTarget, b: int) -> bytearray:
+    def _merge_into(self, target: LoraTarget, r0: int, r1: int, dest: memoryview) -> None:
+        """Merged rows ``[r0, r1)`` of ``target`` into ``dest`` (exactly their bytes)."""
         t = target.base
-        per_block = self._rows_per_block(t)
-        r0 = b * per_block
-        r1 = min(t.shape[0], r0 + per_block)
+        cols = t.shape[1]
+        rows = np.frombuffer(dest, dtype=storage_dtype(t.dtype)).reshape(r1 - r0, cols)
         delta = self._delta(target)
-        # One buffer per block: the weight rows are read into it and merged in place.
-        block = bytearray((r1 - r0) * t.shape[1] * t.itemsize)
-        rows = np.frombuffer(block, dtype=storage_dtype(t.dtype)).reshape(r1 - r0, t.shape[1])
         src = target.weight_source
         if src is None:
-            self._plan.base.readinto(t.begin + r0 * t.shape[1] * t.itemsize, memoryview(block))
+            self._plan.base.readinto(t.begin + r0 * cols * t.itemsize, dest)
             delta.merge_rows(rows, r0, out=rows)
         else:
             delta.merge_rows(self._adapter_rows(src, t, r0, r1), r0, out=rows)
-        return block
 
     def _adapter_rows(
         self, src: TensorInfo, t: TensorInfo, r0: int, r1: int
@@ -323,22 +243,22 @@ class MergedShard:
         return from_float32(to_float32(rows, src.dtype), t.dtype)
 
     def _delta(self, target: LoraTarget) -> LoraDelta:
-        name = target.base.name
-        with self._lock:
-            cached = self._deltas.get(name)
-            if cached is not None:
-                self._deltas.move_to_end(name)
-                return cached
-        left, right = lora_factors(
-            self._read_factor(target.a), self._read_factor(target.b), transposed=target.transposed
-        )
-        delta = LoraDelta.prepare(
-            left, right, target.scaling, dtype=target.base.dtype, round_delta=target.round_delta
-        )
-        with self._lock:
-            self._deltas[name] = delta
-            while len(self._deltas) > _FACTOR_CACHE:
-                self._deltas.popitem(last=False)
+        key = (self._key, target.base.name)
+        delta = _deltas.get(key)
+        if delta is None:
+            left, right = lora_factors(
+                self._read_factor(target.a),
+                self._read_factor(target.b),
+                transposed=target.transposed,
+            )
+            delta = LoraDelta.prepare(
+                left,
+                right,
+                target.scaling,
+                dtype=target.base.dtype,
+                round_delta=target.round_delta,
+            )
+            _deltas.put(key, delta)
         return delta
 
     def _read_factor(self, info: TensorInfo) -> F32:
