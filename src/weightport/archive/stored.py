@@ -63,14 +63,27 @@ class StoredArchive:
 
     ``digest`` identifies these exact bytes (plan digest, encoding, frame size): use it for
     the ETag. Reads are safe from several threads if the members' sources are.
+
+    A read of the archive becomes a read of the tar per raw block, into place. With
+    ``single_tar_read``, each read of the archive reads all its tar bytes in one call instead
+    and then opens the gaps for the block headers (one ``memmove``): for members that are
+    computed (a merged shard), where every call has a fixed cost and a 1 MiB read would
+    otherwise be nine (the move costs a stored blob more than its eight ``pread`` calls).
     """
 
-    __slots__ = ("_full_frame", "_tar", "digest", "frame_size", "size")
+    __slots__ = ("_full_frame", "_single_tar_read", "_tar", "digest", "frame_size", "size")
 
-    def __init__(self, plan: ArchivePlan, *, frame_size: int = DEFAULT_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        plan: ArchivePlan,
+        *,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        single_tar_read: bool = False,
+    ) -> None:
         if not 1 <= frame_size <= MAX_FRAME_SIZE:
             raise InvalidArgument(f"stored frame size {frame_size} outside 1..{MAX_FRAME_SIZE}")
         self._tar = plan.tar_source()
+        self._single_tar_read = single_tar_read
         self.frame_size = frame_size
         self._full_frame = _encoded_frame_size(frame_size)
         full_frames, rest = divmod(plan.tar_size, frame_size)
@@ -86,7 +99,36 @@ class StoredArchive:
         length = len(buf)
         if offset < 0 or offset + length > self.size:
             raise ValueError(f"read [{offset}, {offset + length}) outside 0..{self.size}")
-        tar, tar_size, frame_size = self._tar, self._tar.size, self.frame_size
+        pieces = self._pieces(offset, length)
+        if not self._single_tar_read:
+            for pos, piece in pieces:
+                if isinstance(piece, bytes):
+                    buf[pos : pos + len(piece)] = piece
+                else:
+                    self._tar.readinto(piece[0], buf[pos : pos + piece[1]])
+            return
+        runs = [(pos, piece) for pos, piece in pieces if not isinstance(piece, bytes)]
+        if runs:
+            # The tar bytes of a read are contiguous: read them all to the end of the buffer,
+            # then move each run forward to its place. Run k lands at or before its copy and
+            # ends before run k+1's copy starts, so moving in order overwrites nothing unread.
+            tar_start = runs[0][1][0]
+            tar_length = sum(n for _, (_, n) in runs)
+            parked = length - tar_length
+            self._tar.readinto(tar_start, buf[parked:])
+            for pos, (tar_offset, n) in runs:
+                source = parked + tar_offset - tar_start
+                if source != pos:
+                    buf[pos : pos + n] = buf[source : source + n]  # memmove
+        for pos, piece in pieces:
+            if isinstance(piece, bytes):
+                buf[pos : pos + len(piece)] = piece
+
+    def _pieces(self, offset: int, length: int) -> list[tuple[int, bytes | tuple[int, int]]]:
+        """What lands where in a read: ``(position in the read, header bytes)`` or
+        ``(position in the read, (tar offset, length))``, in order."""
+        tar_size, frame_size = self._tar.size, self.frame_size
+        pieces: list[tuple[int, bytes | tuple[int, int]]] = []
         pos = 0
         while pos < length:
             frame, within = divmod(offset + pos, self._full_frame)
@@ -94,7 +136,7 @@ class StoredArchive:
             frame_length = min(frame_size, tar_size - frame_start)
             if within < FRAME_HEADER_SIZE:
                 take = min(FRAME_HEADER_SIZE - within, length - pos)
-                buf[pos : pos + take] = _frame_header(frame_length)[within : within + take]
+                pieces.append((pos, _frame_header(frame_length)[within : within + take]))
                 pos += take
                 continue
             block, in_block = divmod(within - FRAME_HEADER_SIZE, BLOCK_SIZE + BLOCK_HEADER_SIZE)
@@ -104,17 +146,23 @@ class StoredArchive:
                 last = block_start + block_length == frame_length
                 header = _block_header(block_length, last)
                 take = min(BLOCK_HEADER_SIZE - in_block, length - pos)
-                buf[pos : pos + take] = header[in_block : in_block + take]
+                pieces.append((pos, header[in_block : in_block + take]))
                 pos += take
                 in_block = BLOCK_HEADER_SIZE
                 if pos == length:
                     break
             data_offset = in_block - BLOCK_HEADER_SIZE
             take = min(block_length - data_offset, length - pos)
-            tar.readinto(frame_start + block_start + data_offset, buf[pos : pos + take])
+            pieces.append((pos, (frame_start + block_start + data_offset, take)))
             pos += take
+        return pieces
 
 
-def stored_archive(plan: ArchivePlan, *, frame_size: int = DEFAULT_FRAME_SIZE) -> StoredArchive:
-    """The stored (raw-block zstd) archive of ``plan``; its size is known without reading."""
-    return StoredArchive(plan, frame_size=frame_size)
+def stored_archive(
+    plan: ArchivePlan, *, frame_size: int = DEFAULT_FRAME_SIZE, single_tar_read: bool = False
+) -> StoredArchive:
+    """The stored (raw-block zstd) archive of ``plan``; its size is known without reading.
+
+    ``single_tar_read``: see :class:`StoredArchive` (for plans with computed members).
+    """
+    return StoredArchive(plan, frame_size=frame_size, single_tar_read=single_tar_read)
