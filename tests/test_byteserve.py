@@ -8,171 +8,35 @@ import email.parser
 import email.policy
 import logging
 import os
-import queue
 import random
 import resource
-import socket
-import struct
 import subprocess
 import threading
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import unquote
 
 import httpx
 import pytest
 import urllib3
-from aiohttp import web
 
-from weightport.errors import StorageError, WeightportError
+from tests.serving_harness import (
+    GatedSource,
+    PatternSource,
+    Server,
+    connect,
+    hang_up_mid_body,
+    reset,
+)
+from weightport.errors import StorageError
 from weightport.server.byteserve import (
     CHUNK_SIZE,
     Entity,
     LocalFile,
     SourceBody,
     content_disposition,
-    serve_entity,
 )
-
-T = TypeVar("T")
-PRIME = 65521  # pattern period: not a divisor of any chunk size, so offsets matter
-
-
-@dataclass
-class PatternSource:
-    """Deterministic bytes of any size without holding them; records every read."""
-
-    size: int
-    seed: int = 0
-    fail_at: int | None = None
-    reads: list[tuple[int, int, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.block = random.Random(self.seed).randbytes(PRIME)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.reads.append((offset, len(buf), id(buf.obj)))
-        if self.fail_at is not None and offset + len(buf) > self.fail_at:
-            raise StorageError(f"simulated storage failure at {offset}")
-        pos = 0
-        while pos < len(buf):
-            i = (offset + pos) % PRIME
-            take = min(PRIME - i, len(buf) - pos)
-            buf[pos : pos + take] = self.block[i : i + take]
-            pos += take
-
-    def bytes(self, start: int = 0, end: int | None = None) -> bytes:
-        end = self.size if end is None else end
-        out = bytearray(end - start)
-        if out:
-            self.readinto(start, memoryview(out))
-        return bytes(out)
-
-
-@dataclass
-class GatedSource:
-    """Bytes that are only read once the test opens the gate (slow storage)."""
-
-    size: int
-    started: threading.Event = field(default_factory=threading.Event)
-    gate: threading.Event = field(default_factory=threading.Event)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        self.started.set()
-        self.gate.wait()
-        buf[:] = b"x" * len(buf)
-
-
-@dataclass
-class Route:
-    entity: Entity
-    body: LocalFile | SourceBody
-    extra_headers: Mapping[str, str] | None = None
-
-
-@dataclass
-class Outcome:
-    status: int | None
-    error: BaseException | None
-
-
-class Server:
-    """An aiohttp app serving registered entities at /<name>, on its own loop thread."""
-
-    def __init__(
-        self, loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
-    ) -> None:
-        self.routes: dict[str, Route] = {}
-        self.requests: dict[str, web.Request] = {}
-        self.outcomes: dict[str, queue.Queue[Outcome]] = {}
-        self.loop = loop_factory()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner: web.AppRunner | None = None
-        self.port = self.call(self._start)
-
-    def call(self, make: Callable[[], Coroutine[None, None, T]]) -> T:
-        return asyncio.run_coroutine_threadsafe(make(), self.loop).result()
-
-    async def _start(self) -> int:
-        @web.middleware
-        async def errors(
-            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-        ) -> web.StreamResponse:
-            # Stand-in for the envelope renderer, which lives elsewhere.
-            try:
-                return await handler(request)
-            except WeightportError as exc:
-                return web.Response(status=exc.status, text=exc.message)
-
-        app = web.Application(middlewares=[errors])
-        app.router.add_route("*", "/{name}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return int(self.runner.addresses[0][1])
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        route = self.routes[name]
-        self.requests[name] = request
-        try:
-            response = await serve_entity(
-                request, route.entity, route.body, max_ranges=8, extra_headers=route.extra_headers
-            )
-        except BaseException as exc:
-            self.outcomes[name].put(Outcome(None, exc))
-            raise
-        self.outcomes[name].put(Outcome(response.status, None))
-        return response
-
-    def add(
-        self,
-        entity: Entity,
-        body: LocalFile | SourceBody,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> str:
-        name = uuid.uuid4().hex
-        self.outcomes[name] = queue.Queue()
-        self.routes[name] = Route(entity, body, extra_headers)
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def outcome(self, url: str) -> Outcome:
-        return self.outcomes[url.rsplit("/", 1)[1]].get()
-
-    def close(self) -> None:
-        async def stop() -> None:
-            assert self.runner is not None
-            await self.runner.cleanup()
-
-        self.call(stop)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+from weightport.server.read_ahead import ReadAheadPool
 
 
 @pytest.fixture(scope="module")
@@ -216,15 +80,28 @@ def pattern_file(tmp_path_factory: pytest.TempPathFactory, pattern: PatternSourc
     return path
 
 
-@pytest.fixture(params=["local", "source"])
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ReadAheadPool]:
+    shared = ReadAheadPool(workers=2, window=3)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture(params=["local", "source", "read-ahead"])
 def url(
-    request: pytest.FixtureRequest, server: Server, pattern: PatternSource, pattern_file: Path
+    request: pytest.FixtureRequest,
+    server: Server,
+    pattern: PatternSource,
+    pattern_file: Path,
+    pool: ReadAheadPool,
 ) -> str:
-    """The same entity served from a local file (sendfile) and from a ByteSource."""
+    """The same entity served from a local file (sendfile), from a ByteSource, and from a
+    ByteSource computed ahead on a read-ahead pool."""
     entity = Entity(size=SIZE, etag="d1g3st")
     if request.param == "local":
         return server.add(entity, LocalFile(pattern_file))
-    return server.add(entity, SourceBody(PatternSource(SIZE, seed=1)))
+    read_ahead = pool if request.param == "read-ahead" else None
+    return server.add(entity, SourceBody(PatternSource(SIZE, seed=1), read_ahead))
 
 
 def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
@@ -562,33 +439,6 @@ def open_fds_to(path: Path) -> int:
     return count
 
 
-def connect(url: str) -> socket.socket:
-    host, port = url.split("/")[2].split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    sock.connect((host, int(port)))
-    return sock
-
-
-def reset(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def hang_up_mid_body(url: str, headers: str = "") -> int:
-    """Request ``url``, read a little of the body, then reset the connection."""
-    sock = connect(url)
-    path = "/" + url.split("/", 3)[3]
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-    got = 0
-    while got < 200_000:
-        chunk = sock.recv(65536)
-        assert chunk
-        got += len(chunk)
-    reset(sock)
-    return got
-
-
 def test_client_gone_before_headers_is_quiet(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -606,11 +456,12 @@ def test_client_gone_before_headers_is_quiet(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-@pytest.mark.parametrize("kind", ["local", "source"])
+@pytest.mark.parametrize("kind", ["local", "source", "read-ahead"])
 @pytest.mark.parametrize("headers", ["", "Range: bytes=0-10,100-30000000\r\n"])
 def test_client_disconnect_is_quiet_and_leaks_nothing(
     client: httpx.Client,
     server: Server,
+    pool: ReadAheadPool,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     kind: str,
@@ -621,7 +472,9 @@ def test_client_disconnect_is_quiet_and_leaks_nothing(
     with path.open("wb") as f:
         f.truncate(size)  # sparse: no disk used
     body: LocalFile | SourceBody = (
-        LocalFile(path) if kind == "local" else SourceBody(PatternSource(size))
+        LocalFile(path)
+        if kind == "local"
+        else SourceBody(PatternSource(size), pool if kind == "read-ahead" else None)
     )
     url = server.add(Entity(size=size, etag="big"), body)
     caplog.set_level(logging.DEBUG, logger="weightport.server.byteserve")
@@ -630,23 +483,29 @@ def test_client_disconnect_is_quiet_and_leaks_nothing(
         outcome = server.outcome(url)
         assert outcome.error is None  # no exception escaped to aiohttp's error logger
         assert open_fds_to(path) == 0
+        assert pool.held_bytes == 0  # every response gave its read-ahead buffers back
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     went_away = [r for r in caplog.records if r.getMessage().startswith("client went away")]
     assert len(went_away) == 3  # each hang-up really happened mid-body
     assert client.get(url, headers={"Range": "bytes=0-3"}).status_code == 206
 
 
-def test_source_buffers_are_reused(client: httpx.Client, server: Server) -> None:
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_source_buffers_are_reused(
+    client: httpx.Client, server: Server, pool: ReadAheadPool, read_ahead: bool
+) -> None:
     size = 24 * CHUNK_SIZE
     source = PatternSource(size)
-    url = server.add(Entity(size=size, etag="r"), SourceBody(source))
+    url = server.add(Entity(size=size, etag="r"), SourceBody(source, pool if read_ahead else None))
     with client.stream("GET", url) as r:
         total = sum(len(chunk) for chunk in r.iter_raw())
     assert total == size
     assert len(source.reads) == 24
     assert all(length == CHUNK_SIZE for _, length, _ in source.reads)
-    # Three buffers in turn, replaced only if the transport still held one: far fewer than 24.
-    assert len({buffer for _, _, buffer in source.reads}) <= 6
+    # window + 2 buffers in turn (3 without a pool), replaced only if the transport still
+    # held one: far fewer than 24.
+    ring = pool.window + 2 if read_ahead else 3
+    assert len({buffer for _, _, buffer in source.reads}) <= 2 * ring
 
 
 @pytest.mark.parametrize("kind", ["local", "source"])

@@ -112,6 +112,7 @@ def create_app(ctx: ServerContext) -> web.Application:
 
     async def close(_app: web.Application) -> None:
         ctx.builder.close()
+        ctx.read_ahead.close()
         ctx.catalog.close()
 
     app.on_startup.append(prebuild)

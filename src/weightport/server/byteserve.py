@@ -7,8 +7,9 @@ Used by both the signed blob route and the archive route. Two kinds of body:
   ``web.FileResponse`` does; multi-range parts are sent file-range by file-range between
   the literal boundary bytes. Loops without ``sendfile`` fall back to the chunk pump.
 - :class:`SourceBody` — computed bytes (archives, merged shards): read in 1 MiB chunks by
-  ``ByteSource.readinto`` in a worker thread, one chunk read ahead while the previous one is
-  written, into three reused buffers: memory stays bounded whatever the entity size.
+  ``ByteSource.readinto`` in worker threads, ahead of the socket (one chunk, or a window of
+  them on the shared read-ahead pool), into reused buffers: memory stays bounded whatever
+  the entity size.
 
 Every response this module returns has already been sent (prepared and finished): a
 middleware cannot turn compression on afterwards, and no ``Content-Encoding`` is ever set.
@@ -49,6 +50,7 @@ from weightport.ranges import (
     unsatisfied_content_range,
 )
 from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, Segment
+from weightport.server.read_ahead import ReadAheadPool
 from weightport.storage.base import BlobSource, BlobStore, ByteSource, LocalPaths
 from weightport.storage.files import FileSource
 
@@ -116,9 +118,14 @@ def blob_body(store: BlobStore, key: str, size: int) -> LocalFile | SourceBody:
 
 @dataclass(frozen=True)
 class SourceBody:
-    """The entity's bytes come from a :class:`ByteSource` (computed or remote)."""
+    """The entity's bytes come from a :class:`ByteSource` (computed or remote).
+
+    ``read_ahead``: compute chunks ahead on that shared pool (bytes that cost CPU, like a
+    merged archive) instead of reading one chunk ahead.
+    """
 
     source: ByteSource
+    read_ahead: ReadAheadPool | None = None
 
 
 # A body is a sequence of literal bytes (multipart framing) and ranges of the entity.
@@ -191,7 +198,7 @@ async def serve_entity(
         return await _send(request, response)
     if isinstance(body, LocalFile):
         return await _send_local_file(request, response, body.path, entity.size, plan.segments)
-    pump = ChunkPump(body.source, plan.segments)
+    pump = ChunkPump(body.source, plan.segments, body.read_ahead)
     try:
         await pump.prime()  # a failing first read still gets a proper error response
         return await _send(request, response, lambda: pump.run(request, response))

@@ -1,15 +1,18 @@
 """The chunk pump: streaming computed bytes (a :class:`ByteSource`) into a response.
 
-Reads run in a worker thread, one chunk ahead of the socket, into a ring of reused buffers;
-a buffer is refilled only once the transport has finished sending it (from Python 3.12 the
-socket may keep a reference to unsent data instead of copying it). Memory stays bounded
-whatever the entity size.
+Reads run in worker threads ahead of the socket (one chunk, or a window of them on the
+shared :class:`~weightport.server.read_ahead.ReadAheadPool` for computed bodies), into a
+ring of reused buffers; a buffer is refilled only once the transport has finished sending it
+(from Python 3.12 the socket may keep a reference to unsent data instead of copying it).
+Memory stays bounded whatever the entity size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import mmap
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ from typing import TypeAlias
 from aiohttp import web
 
 from weightport.ranges import ByteRange
+from weightport.server.read_ahead import ReadAheadPool
 from weightport.storage.base import ByteSource
 
 log = logging.getLogger(__name__)
@@ -31,38 +35,55 @@ Segment: TypeAlias = bytes | ByteRange
 
 
 class _BufferRing:
-    """Three reusable chunk buffers, handed out in turn.
+    """Reusable chunk buffers, handed out in turn: one per read that may be in flight, one
+    being written, and one more.
 
     Since Python 3.12 a socket transport keeps a *reference* to data it could not send at
     once instead of copying it, so a buffer may be refilled only when every byte of it has
     left the transport: when the transport holds fewer bytes than were written after it.
-    With one chunk being written and one being read, the third buffer almost always passes
-    that test; when it does not, it is replaced rather than overwritten.
+    With the others in flight or being written, the oldest buffer almost always passes that
+    test; when it does not, it is replaced rather than overwritten.
     """
 
-    COUNT = 3
-
-    def __init__(self, chunk: int) -> None:
+    def __init__(self, chunk: int, count: int, pool: ReadAheadPool | None) -> None:
         self._chunk = chunk
-        self._buffers: list[bytearray | None] = [None] * self.COUNT
+        self._pool = pool
+        self._buffers: list[bytearray | mmap.mmap | None] = [None] * count
+        self._retired: list[mmap.mmap] = []
         # Output position after each buffer's last write; None while it is in use.
-        self._written_at: list[int | None] = [0] * self.COUNT
+        self._written_at: list[int | None] = [0] * count
         self._turn = 0
         self.output = 0  # bytes this pump handed to the transport
 
     def take(self, length: int, transport: asyncio.Transport | None) -> tuple[int, memoryview]:
         index = self._turn
-        self._turn = (index + 1) % self.COUNT
+        self._turn = (index + 1) % len(self._buffers)
         buffer = self._buffers[index]
         written_at = self._written_at[index]
         held = transport.get_write_buffer_size() if transport is not None else 0
         if buffer is None or written_at is None or held > self.output - written_at:
-            buffer = self._buffers[index] = bytearray(self._chunk)
+            if isinstance(buffer, mmap.mmap):
+                self._retired.append(buffer)
+            buffer = self._buffers[index] = self._allocate()
         self._written_at[index] = None
         return index, memoryview(buffer)[:length]
 
+    def _allocate(self) -> bytearray | mmap.mmap:
+        if self._pool is None:
+            return bytearray(self._chunk)
+        return self._pool.buffer(self._chunk)
+
     def release(self, index: int) -> None:
         self._written_at[index] = self.output
+
+    def close(self) -> None:
+        """Give every pool buffer back (their memory goes once no read uses it)."""
+        if self._pool is not None:
+            for buffer in [*self._buffers, *self._retired]:
+                if isinstance(buffer, mmap.mmap):
+                    self._pool.release(buffer)
+        self._buffers = [None] * len(self._buffers)
+        self._retired = []
 
 
 def _reads(segments: Sequence[Segment], chunk: int) -> Iterator[bytes | tuple[int, int]]:
@@ -82,21 +103,39 @@ class _Read:
 
 
 class ChunkPump:
-    """Writes segments of a :class:`ByteSource`, reading one chunk ahead in a worker thread."""
+    """Writes segments of a :class:`ByteSource`, reading ahead in worker threads.
 
-    def __init__(self, source: ByteSource, segments: Sequence[Segment]) -> None:
+    Without a pool, one chunk is read ahead on the loop's default executor (stored bytes:
+    the disk or the page cache is the limit). With a :class:`ReadAheadPool` (computed bytes),
+    up to ``pool.window`` chunks are computed ahead on its shared threads, in parallel, and
+    written in order.
+    """
+
+    def __init__(
+        self,
+        source: ByteSource,
+        segments: Sequence[Segment],
+        pool: ReadAheadPool | None = None,
+    ) -> None:
         self._source = source
+        self._pool = pool
+        self._depth = 1 if pool is None else pool.window
         total = sum(s.length for s in segments if isinstance(s, ByteRange))
-        self._ring = _BufferRing(max(1, min(CHUNK_SIZE, total)))
+        self._ring = _BufferRing(max(1, min(CHUNK_SIZE, total)), self._depth + 2, pool)
         self._items = _reads(segments, CHUNK_SIZE)
         self._ahead: deque[bytes | _Read] = deque()
+        self._reading = 0  # reads in self._ahead
         self._inflight: set[asyncio.Future[None]] = set()
+        self._queued: list[concurrent.futures.Future[None]] = []  # on the pool, to cancel
         self._transport: asyncio.Transport | None = None
         self._exhausted = False
 
     def _read_ahead(self) -> None:
-        # Start items until one read is in flight (or none is left); literals are free.
-        while not self._exhausted and (not self._ahead or isinstance(self._ahead[-1], bytes)):
+        # Start items until `depth` reads are waiting (or none is left); literals are free.
+        # Nothing more once the client is gone: the next write fails, abandon() follows.
+        if self._transport is not None and self._transport.is_closing():
+            return
+        while not self._exhausted and self._reading < self._depth:
             item = next(self._items, None)
             if item is None:
                 self._exhausted = True
@@ -105,14 +144,21 @@ class ChunkPump:
             else:
                 offset, length = item
                 index, view = self._ring.take(length, self._transport)
-                future = asyncio.get_running_loop().run_in_executor(
-                    None, self._source.readinto, offset, view
-                )
+                future = self._start(offset, view)
                 # Retrieve the outcome even if nobody awaits it (client gone, cancelled).
                 future.add_done_callback(_consume)
                 self._inflight.add(future)
                 future.add_done_callback(self._inflight.discard)
                 self._ahead.append(_Read(index, view, future))
+                self._reading += 1
+
+    def _start(self, offset: int, view: memoryview) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        if self._pool is None:
+            return loop.run_in_executor(None, self._source.readinto, offset, view)
+        work = self._pool.executor.submit(self._source.readinto, offset, view)
+        self._queued.append(work)
+        return asyncio.wrap_future(work, loop=loop)
 
     async def prime(self) -> None:
         """Finish the first read before any header is sent, so its errors can be answered."""
@@ -120,6 +166,7 @@ class ChunkPump:
         for item in self._ahead:
             if isinstance(item, _Read):
                 await asyncio.shield(item.future)
+                return
 
     async def run(self, request: web.Request, response: web.StreamResponse) -> None:
         """Send every segment through the (prepared) response."""
@@ -133,7 +180,10 @@ class ChunkPump:
                 # shield: a cancelled handler must not cancel the future while its thread
                 # still reads; abandon() waits for it before a file is closed.
                 await asyncio.shield(item.future)
-                self._read_ahead()  # overlap the next read with this write
+                self._reading -= 1
+                if self._queued:
+                    self._queued = [work for work in self._queued if not work.done()]
+                self._read_ahead()  # overlap the next reads with this write
                 await self._write(response, item.view)
                 self._ring.release(item.index)
             self._read_ahead()
@@ -143,10 +193,15 @@ class ChunkPump:
         self._ring.output += len(data)
 
     def abandon(self, then: Callable[[], object] | None = None) -> None:
-        """Stop; call ``then()`` once no read is in flight any more (closes a file)."""
+        """Stop: drop the reads not started, give the buffers back, and call ``then()`` once
+        no read is in flight any more (closes a file)."""
+        for work in self._queued:
+            work.cancel()  # a read already running finishes; a queued one never starts
+        self._queued.clear()
         pending = [future for future in self._inflight if not future.done()]
         self._ahead.clear()
         self._exhausted = True
+        self._ring.close()
         if then is None:
             return
         if not pending:

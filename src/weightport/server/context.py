@@ -9,6 +9,7 @@ from aiohttp import web
 
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
+from weightport.server.read_ahead import ReadAheadPool
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.finetune_archives import PlanCache
 from weightport.services.key_status import KeyStatusCache
@@ -25,6 +26,7 @@ class ServerContext:
     builder: ArchiveBuilder
     key_status: KeyStatusCache
     plans: PlanCache = field(default_factory=PlanCache)
+    read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
 
     def public_base(self, request: web.Request) -> str:
         """The scheme://host[:port] clients use to reach us (configured, else the request's)."""

@@ -20,7 +20,7 @@ from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticated_account
 from weightport.services.archive_builds import BuildTarget, archive_builds_of, usable_build
-from weightport.services.finetune_archives import Selection, select_artifact
+from weightport.services.finetune_archives import MERGED, Selection, select_artifact
 from weightport.services.together_resources import (
     checkpoint_entries,
     fine_tune_json,
@@ -117,14 +117,17 @@ async def serve_archive(
         if encoding == "compressed":
             target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
             await asyncio.to_thread(ctx.builder.submit, plan, target)
-        stored = stored_archive(plan)
+        # A merged archive is computed: in large reads, ahead of the socket, on the shared
+        # read-ahead pool.
+        computed = selection.artifact == MERGED
+        stored = stored_archive(plan, single_tar_read=computed)
         entity = Entity(
             size=stored.size,
             etag=stored.digest,
             content_type=ARCHIVE_CONTENT_TYPE,
             filename=filename,
         )
-        body = SourceBody(stored)
+        body = SourceBody(stored, ctx.read_ahead if computed else None)
     return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
 
 
