@@ -15,6 +15,7 @@ The returned :class:`CompressedIndex` maps frames between tar and compressed off
 from __future__ import annotations
 
 import json
+import threading
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
@@ -126,22 +127,39 @@ def _int(value: object) -> int:
     return value
 
 
-def _compress_frame(tar: TarView, tar_offset: int, tar_length: int, level: int) -> bytes:
-    chunk = bytearray(tar_length)
-    tar.readinto(tar_offset, memoryview(chunk))
-    base = zstandard.ZstdCompressionParameters.from_level(level, source_size=tar_length)
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level,
-        source_size=tar_length,
-        window_log=min(base.window_log, MAX_WINDOW_LOG),
-        enable_ldm=False,
-        write_content_size=True,
-        write_checksum=True,
-    )
-    # A fresh compressor per frame: contexts are not thread-safe, and the allocation is
-    # small next to compressing megabytes.
-    result: bytes = zstandard.ZstdCompressor(compression_params=params).compress(chunk)
-    return result
+class _FrameCompressor:
+    """One compression thread's reusable state: a compressor per parameter set (libzstd
+    contexts take megabytes to set up) and the input buffer (fresh 8 MiB buffers cost page
+    faults every frame). A context compresses each frame from scratch, so reusing it changes
+    no byte."""
+
+    def __init__(self) -> None:
+        self._compressors: dict[tuple[int, int], zstandard.ZstdCompressor] = {}
+        self._buffer = bytearray()
+
+    def compress(self, tar: TarView, tar_offset: int, tar_length: int, level: int) -> bytes:
+        if len(self._buffer) < tar_length:
+            self._buffer = bytearray(tar_length)
+        chunk = memoryview(self._buffer)[:tar_length]
+        tar.readinto(tar_offset, chunk)
+        result: bytes = self._compressor(level, tar_length).compress(chunk)
+        return result
+
+    def _compressor(self, level: int, tar_length: int) -> zstandard.ZstdCompressor:
+        compressor = self._compressors.get((level, tar_length))
+        if compressor is None:
+            base = zstandard.ZstdCompressionParameters.from_level(level, source_size=tar_length)
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level,
+                source_size=tar_length,
+                window_log=min(base.window_log, MAX_WINDOW_LOG),
+                enable_ldm=False,
+                write_content_size=True,
+                write_checksum=True,
+            )
+            compressor = zstandard.ZstdCompressor(compression_params=params)
+            self._compressors[(level, tar_length)] = compressor
+        return compressor
 
 
 def compress_archive(
@@ -156,10 +174,13 @@ def compress_archive(
     """Compress ``plan``'s tar into ``out`` as independent frames, in order.
 
     ``threads`` frames are compressed at once (the members' sources must allow reads from
-    several threads). ``progress(done, total)`` is called in the calling thread after each
-    frame is written, in tar bytes. Raises :class:`InvalidArgument` for a level outside
-    1..22, ``threads < 1`` or ``frame_size < 1``. If ``out.write`` raises, frames still
-    queued are cancelled and the error propagates.
+    several threads); one more thread writes the frames to ``out`` in order (a blob upload
+    hashes what it writes: that work stays off the compressing threads), with at most
+    ``2 * threads`` frames between the reading and the writing. ``progress(done, total)`` is
+    called on the writing thread after each frame is written, in tar bytes. Raises
+    :class:`InvalidArgument` for a level outside 1..22, ``threads < 1`` or
+    ``frame_size < 1``. If ``out.write`` raises, nothing more is written, frames still queued
+    are cancelled and the error propagates.
     """
     if not MIN_LEVEL <= level <= MAX_LEVEL:
         raise InvalidArgument(f"compression level {level} outside {MIN_LEVEL}..{MAX_LEVEL}")
@@ -168,37 +189,58 @@ def compress_archive(
     if frame_size < 1:
         raise InvalidArgument(f"frame size must be at least 1, got {frame_size}")
     tar = plan.tar_source()
-    bounds = [
-        (start, min(frame_size, plan.tar_size - start))
-        for start in range(0, plan.tar_size, frame_size)
-    ]
     frames: list[CompressedFrame] = []
     written = done = 0
-    pending: deque[tuple[int, int, Future[bytes]]] = deque()
+    failed = False
+    local = threading.local()
 
-    def write_oldest() -> None:
-        nonlocal written, done
-        tar_offset, tar_length, future = pending.popleft()
-        data = future.result()
-        out.write(data)
+    def compress(tar_offset: int, tar_length: int) -> bytes:
+        compressor: _FrameCompressor | None = getattr(local, "compressor", None)
+        if compressor is None:
+            compressor = local.compressor = _FrameCompressor()
+        return compressor.compress(tar, tar_offset, tar_length, level)
+
+    def write(tar_offset: int, tar_length: int, compressed: Future[bytes]) -> None:
+        # On the writer thread, in frame order (one thread, first in first out).
+        nonlocal written, done, failed
+        if failed:
+            raise _Skipped
+        try:
+            data = compressed.result()
+            out.write(data)
+        except BaseException:
+            failed = True
+            raise
         frames.append(CompressedFrame(tar_offset, tar_length, written, len(data)))
         written += len(data)
         done += tar_length
         if progress is not None:
             progress(done, plan.tar_size)
 
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zstd-frame") as pool:
+    pending: deque[tuple[Future[bytes], Future[None]]] = deque()
+    with (
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="zstd-frame") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="zstd-write") as writer,
+    ):
         try:
-            for tar_offset, tar_length in bounds:
+            for tar_offset in range(0, plan.tar_size, frame_size):
                 # Two frames per thread keep every thread busy while one is being written,
                 # and bound memory to a few frames whatever the archive size.
                 if len(pending) >= 2 * threads:
-                    write_oldest()
-                future = pool.submit(_compress_frame, tar, tar_offset, tar_length, level)
-                pending.append((tar_offset, tar_length, future))
+                    pending.popleft()[1].result()
+                tar_length = min(frame_size, plan.tar_size - tar_offset)
+                compressed = pool.submit(compress, tar_offset, tar_length)
+                pending.append(
+                    (compressed, writer.submit(write, tar_offset, tar_length, compressed))
+                )
             while pending:
-                write_oldest()
+                pending.popleft()[1].result()
         finally:
-            for _, _, future in pending:
-                future.cancel()
+            for compressed, written_future in pending:
+                compressed.cancel()
+                written_future.cancel()
     return CompressedIndex(plan.digest, level, plan.tar_size, tuple(frames))
+
+
+class _Skipped(Exception):
+    """A frame not written because an earlier one failed (never seen by callers)."""
