@@ -75,7 +75,7 @@ def _as_bits_typer(typingctx: Any, value: Any) -> Any:
 
 
 # fma(a, b, c) with a single rounding; the bit patterns of a float32 and back; set by
-# _load() (typed as Any: only compiled code calls them, with numba's own typing).
+# _compiled() (typed as Any: only compiled code calls them, with numba's own typing).
 _fma32: Any = None
 _as_float: Any = None
 _as_bits: Any = None
