@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     median,
+    python_child,
     rows_json,
     scratch_dir,
     warm_page_cache,
@@ -57,7 +57,6 @@ from weightport.storage.local import LocalStore
 
 NAME = "archive_build"
 TARGET = 0.95
-REPO = Path(__file__).resolve().parent.parent
 
 _BUILD_CHILD = r"""
 import json, sys, time
@@ -106,22 +105,8 @@ def _children_cpu() -> float:
 
 
 def run_build(tmp: Path, level: int, threads: int, src: Path | None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
     args = [str(tmp / "store"), str(tmp / "manifest.json"), str(level), str(threads)]
-    done = subprocess.run(
-        [sys.executable, "-c", _BUILD_CHILD, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env=env,
-    )
-    if done.returncode:
-        raise RuntimeError(f"build child failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return python_child(_BUILD_CHILD, args, src)
 
 
 def run_cli(tmp: Path, level: int, threads: int) -> dict[str, Any]:

@@ -108,22 +108,6 @@ def tar_zstd(folder: Path, level: int, threads: int) -> Pipe:
     return Pipe(seconds, ttfb, total, _children_cpu() - cpu_before)
 
 
-def _import_full(server: WeightportServer, base_model: str, folder: Path) -> str:
-    """``weightport finetunes import --full`` (the server keeps running: same data dir)."""
-    out = server.cli(
-        "finetunes",
-        "import",
-        "--data-dir",
-        str(server.data_dir),
-        "--base-model",
-        base_model,
-        "--final",
-        f"1={folder}",
-        "--full",
-    )
-    return out.strip().splitlines()[-1]
-
-
 def _build(server: WeightportServer, ft_id: str) -> dict[str, Any]:
     """Queue the compressed build and poll the fine-tune until it is ready."""
     server.api(
@@ -205,7 +189,7 @@ def _measure(server: WeightportServer, ckpt: Path, reps: int, level: int, thread
     """Publish, import, then the three phases; the server is running."""
     total = tree_bytes(ckpt)
     server.publish(ckpt, "bench-base")
-    ft_id = _import_full(server, "bench-base", ckpt)
+    ft_id = server.import_finetune("bench-base", ckpt, full=True)
     url = f"{server.base_url}/v1/finetune/download?ft_id={ft_id}&checkpoint=model_output_path"
     auth = server.auth()
     warm_page_cache(*sorted(ckpt.iterdir()))

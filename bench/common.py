@@ -14,6 +14,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import urllib3
+
+_REPO = Path(__file__).resolve().parent.parent
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -144,6 +147,26 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
 
 def rows_json(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(row) for row in rows]
+
+
+def python_child(code: str, args: Sequence[str], src: Path | None = None) -> dict[str, Any]:
+    """Run ``python -c CODE ARGS`` from the repository (weightport imported from ``src`` if
+    given: another version measured in the same run); returns its last line, parsed as JSON."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), str(_REPO)])
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=_REPO,
+        env=env,
+    )
+    if done.returncode:
+        raise RuntimeError(f"child process failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 # ---------------------------------------------------------------- data on disk

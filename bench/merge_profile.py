@@ -19,17 +19,13 @@ import hashlib
 import json
 import os
 import pstats
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import MiB, scratch_dir
+from bench.common import MiB, python_child, scratch_dir
 from bench.merge_data import FULL, QUICK, make_adapter, make_base
-
-REPO = Path(__file__).resolve().parent.parent
 
 #: (file name, function name or "*") → step; the first match wins. Both the current code and
 #: the previous (bracketed NumPy) code are covered.
@@ -137,18 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with scratch_dir("merge_profile") as tmp:
         _prepare(tmp, args.full)
-        env = dict(os.environ)
-        if args.src is not None:
-            env["PYTHONPATH"] = os.pathsep.join([str(args.src), str(REPO)])
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(tmp)],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=REPO,
-            env=env,
-        )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = python_child(_CHILD, [str(tmp)], args.src)
     gb = result["bytes"] / 1e9
     total = sum(result["steps"].values())
     print(f"unprofiled: {result['cpu_seconds'] / gb:.2f} core-s/GB ({gb:.2f} GB)\n")

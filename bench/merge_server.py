@@ -65,8 +65,8 @@ class Served:
         server = self.server
         server.start()
         server.publish(base, "base")
-        lora = _import(server, f"1={adapter}")
-        full = _import(server, f"1={base}", "--full")
+        lora = server.import_finetune("base", adapter)
+        full = server.import_finetune("base", base, full=True)
         download = f"{server.base_url}/v1/finetune/download?ft_id="
         self.merged_url = f"{download}{lora}&checkpoint=merged"
         self.stored_url = f"{download}{full}&checkpoint=model_output_path"
@@ -85,21 +85,6 @@ class Served:
             return transfer.size, transfer.seconds
 
         return run
-
-
-def _import(server: WeightportServer, final: str, *extra: str) -> str:
-    out = server.cli(
-        "finetunes",
-        "import",
-        "--data-dir",
-        str(server.data_dir),
-        "--base-model",
-        "base",
-        "--final",
-        final,
-        *extra,
-    )
-    return out.strip().splitlines()[-1]
 
 
 class _Counted(io.RawIOBase):

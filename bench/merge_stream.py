@@ -54,6 +54,7 @@ from bench.common import (
     machine_info,
     markdown_table,
     median,
+    python_child,
     rows_json,
     scratch_dir,
     tree_bytes,
@@ -69,7 +70,6 @@ SPEEDUP_TARGET = 1.5
 STORED_RATIO_TARGET = 0.5
 RSS_SLACK_MB = 300
 MB = 1e6
-REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- peft (the reference)
@@ -207,21 +207,7 @@ def run_view(
     base: Path, adapter: Path, peft_out: Path, reps: int, src: Path | None = None
 ) -> dict[str, Any]:
     """The view alone in a child process (weightport imported from ``src`` if given)."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(src), str(REPO)])
-    done = subprocess.run(
-        [sys.executable, "-c", _VIEW_CHILD, str(base), str(adapter), str(peft_out), str(reps)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env=env,
-    )
-    if done.returncode:
-        raise RuntimeError(f"view child failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return python_child(_VIEW_CHILD, [str(base), str(adapter), str(peft_out), str(reps)], src)
 
 
 # ---------------------------------------------------------------- the run

@@ -135,6 +135,13 @@ class WeightportServer:
             raise RuntimeError(f"weightport {' '.join(args)} failed:\n{done.stderr}")
         return done.stdout
 
+    def import_finetune(self, base_model: str, final: Path, *, full: bool = False) -> str:
+        """``weightport finetunes import`` of one final checkpoint (the server keeps running:
+        same data dir); returns the fine-tune id."""
+        args = ["--data-dir", str(self.data_dir), "--base-model", base_model]
+        out = self.cli("finetunes", "import", *args, "--final", f"1={final}", *(["--full"] * full))
+        return out.strip().splitlines()[-1]
+
     def publish(self, directory: Path, model_id: str, kind: str = "HF_BASE_MODEL") -> None:
         """create → upload → validate, through the real pusher (signed PUTs over HTTP)."""
         self.cli("models", "push", str(directory), "--model", model_id, "--kind", kind, "--quiet")
