@@ -259,6 +259,7 @@ def _rows(raw: dict[str, Any], decodes: bool) -> list[Row]:
         ratio = median([a / b for a, b in zip(build, cli_mbps, strict=True)])
         ratio_commit = median([a / b for a, b in zip(committed, cli_mbps, strict=True)])
         target = f"≥ {TARGET}" if name == "weightport" else ""
+        ratio_hashed = median([a / b for a, b in zip(build, hashed_mbps, strict=True)])
         rows += [
             Row(NAME, f"build L{level} T{threads}{tag}", median(build), _ranged(build)),
             Row(
@@ -269,6 +270,7 @@ def _rows(raw: dict[str, Any], decodes: bool) -> list[Row]:
                 target,
                 ratio >= TARGET if target else None,
             ),
+            Row(NAME, f"build ÷ zstd CLI + sha256{tag}", ratio_hashed, "×"),
             Row(NAME, f"build + commit (fsync){tag}", median(committed), _ranged(committed)),
             Row(NAME, f"build + commit ÷ zstd CLI{tag}", ratio_commit, "×"),
             Row(
