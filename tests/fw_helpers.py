@@ -38,9 +38,11 @@ class FireworksApi:
         body: dict[str, Any] = response.json()
         return body
 
-    def publish(self, model_id: str, files: dict[str, bytes]) -> dict[str, str]:
+    def publish(
+        self, model_id: str, files: dict[str, bytes], kind: str = "HF_BASE_MODEL"
+    ) -> dict[str, str]:
         """Create → upload → validate; returns the signed download URLs."""
-        assert self.create(model_id, kind="HF_BASE_MODEL").status_code == 200
+        assert self.create(model_id, kind=kind).status_code == 200
         urls = self.upload_urls(model_id, {p: len(d) for p, d in files.items()})
         for path, url in urls.items():
             assert httpx.put(url, content=files[path]).status_code == 200

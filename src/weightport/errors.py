@@ -14,11 +14,15 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     │   └── ExpectationFailed            417 (an Expect header other than 100-continue)
     ├── RangeNotSatisfiable              416
     ├── Unauthenticated                  401 UNAUTHENTICATED
+    │   └── InvalidCredentials           401 (a key was sent, but it is unknown or revoked)
     ├── PermissionDenied                 403 PERMISSION_DENIED
     │   └── SignatureInvalid             403 (tampered, expired or unknown-key signed URL)
     │       ├── SignatureExpired         403 (an authentic signed URL past its expiry)
     │       └── SignatureRevoked         403 (minted by an API key since revoked)
     ├── NotFound (also LookupError)      404 NOT_FOUND
+    │   ├── RepoNotFound                 404 (Hugging Face surface: no such repository)
+    │   ├── RevisionNotFound             404 (no such revision of a repository)
+    │   └── EntryNotFound                404 (no such file or folder at a revision)
     ├── MethodNotAllowed                 405 UNIMPLEMENTED
     ├── AlreadyExists                    409 ALREADY_EXISTS
     ├── Aborted                          409 ABORTED (a concurrent change won; retry)
@@ -128,6 +132,10 @@ class Unauthenticated(WeightportError):
     retryable = False
 
 
+class InvalidCredentials(Unauthenticated):
+    """A key was presented but is unknown or revoked (as opposed to no key at all)."""
+
+
 class PermissionDenied(WeightportError, PermissionError):
     status = 403
     grpc = GrpcCode.PERMISSION_DENIED
@@ -158,6 +166,26 @@ class NotFound(WeightportError, LookupError):
     together_type = "invalid_request_error"
     code = "not_found"
     retryable = False
+
+
+class RepoNotFound(NotFound):
+    """No repository by that id for this key: missing and other accounts' repos alike."""
+
+    code = "repo_not_found"
+
+
+class RevisionNotFound(NotFound):
+    code = "revision_not_found"
+
+
+class EntryNotFound(NotFound):
+    """No file or folder at that path; ``commit`` is the revision's commit that lacks it."""
+
+    code = "entry_not_found"
+
+    def __init__(self, message: str, *, commit: str) -> None:
+        super().__init__(message)
+        self.commit = commit
 
 
 class MethodNotAllowed(WeightportError):

@@ -12,7 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from weightport.catalog.schema import Account, ApiKey, utcnow
-from weightport.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from weightport.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    InvalidCredentials,
+    NotFound,
+    Unauthenticated,
+)
 
 ACCOUNT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 KEY_PREFIX = "wp_"
@@ -98,7 +104,7 @@ def authenticate(session: Session, secret: str) -> Caller:
         raise Unauthenticated("the API key you provided is invalid or revoked")
     key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
     if key is None or key.revoked_at is not None:
-        raise Unauthenticated("the API key you provided is invalid or revoked")
+        raise InvalidCredentials("the API key you provided is invalid or revoked")
     return Caller(account_id=key.account_id, key_id=key.id)
 
 

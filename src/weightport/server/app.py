@@ -16,6 +16,7 @@ from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, Weigh
 from weightport.server import blobs, console, finetune_admin, fireworks, together
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
+from weightport.server.hub import routes as hub_routes
 from weightport.server.protocol import http_version_middleware, install_malformed_request_log
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.key_status import KeyStatusCache
@@ -104,6 +105,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     together.add_routes(app)
     finetune_admin.add_routes(app)
     console.add_routes(app)
+    hub_routes.add_routes(app)
 
     async def prebuild(_app: web.Application) -> None:
         # Checkpoints imported while the server was down get their builds now.

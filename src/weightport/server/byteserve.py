@@ -150,12 +150,14 @@ async def serve_entity(
     *,
     max_ranges: int = 64,
     extra_headers: Mapping[str, str] | None = None,
+    unsatisfiable_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Answer a GET or HEAD for ``entity``; the returned response has been fully sent.
 
     200 (whole entity), 206 (one range, or ``multipart/byteranges`` for several), 304
     (``If-None-Match`` matched), 416 (``Content-Range: bytes */SIZE``). HEAD sends exactly
     the headers GET would, including a Range answer, and never touches the body.
+    ``extra_headers`` go on every answer but a 416, which gets ``unsatisfiable_headers``.
 
     Raises :class:`MethodNotAllowed` for other methods, :class:`PreconditionFailed` when
     ``If-Match`` fails, :class:`StorageError` when a :class:`LocalFile` is missing or has the
@@ -186,7 +188,7 @@ async def serve_entity(
     try:
         ranges = parse_range(range_header, entity.size, max_ranges=max_ranges)
     except RangeNotSatisfiable as exc:
-        return await _not_satisfiable(request, exc)
+        return await _not_satisfiable(request, exc, unsatisfiable_headers)
     plan = _plan(entity, ranges)
 
     headers[hdrs.CONTENT_TYPE] = plan.content_type
@@ -264,16 +266,15 @@ def _plan(entity: Entity, ranges: list[ByteRange] | None) -> _Plan:
     return _Plan(206, f"multipart/byteranges; boundary={boundary}", None, tuple(segments))
 
 
-async def _not_satisfiable(request: web.Request, exc: RangeNotSatisfiable) -> web.StreamResponse:
+async def _not_satisfiable(
+    request: web.Request, exc: RangeNotSatisfiable, extra: Mapping[str, str] | None
+) -> web.StreamResponse:
     text = f"{exc.message}\n".encode()
-    response = web.StreamResponse(
-        status=416,
-        headers={
-            hdrs.CONTENT_RANGE: unsatisfied_content_range(exc.size),
-            hdrs.ACCEPT_RANGES: "bytes",
-            hdrs.CONTENT_TYPE: "text/plain; charset=utf-8",
-        },
-    )
+    headers: CIMultiDict[str] = CIMultiDict(extra or {})
+    headers[hdrs.CONTENT_RANGE] = unsatisfied_content_range(exc.size)
+    headers[hdrs.ACCEPT_RANGES] = "bytes"
+    headers[hdrs.CONTENT_TYPE] = "text/plain; charset=utf-8"
+    response = web.StreamResponse(status=416, headers=headers)
     response.content_length = len(text)
     return await _send(request, response, tail=text if request.method == hdrs.METH_GET else b"")
 

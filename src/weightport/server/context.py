@@ -13,6 +13,7 @@ from weightport.server.read_ahead import ReadAheadPool
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.finetune_archives import PlanCache
 from weightport.services.key_status import KeyStatusCache
+from weightport.services.hub.files import RevisionFilesCache
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore
 
@@ -27,6 +28,7 @@ class ServerContext:
     key_status: KeyStatusCache
     plans: PlanCache = field(default_factory=PlanCache)
     read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
+    hub_files: RevisionFilesCache = field(default_factory=RevisionFilesCache)
 
     def public_base(self, request: web.Request) -> str:
         """The scheme://host[:port] clients use to reach us (configured, else the request's)."""

@@ -1,8 +1,9 @@
 """How answers are wrapped: JSON successes, and errors in the caller's own API envelope.
 
 Fireworks callers get ``google.rpc.Status`` (``{"code", "message", "details"}``); Together
-callers get ``{"error": {"message", "type", "param", "code"}}``. Which one is decided by the
-route family, so even a 404 for an unknown path speaks the caller's dialect.
+callers get ``{"error": {"message", "type", "param", "code"}}``; Hugging Face clients read
+``X-Error-Code``/``X-Error-Message`` headers (:mod:`weightport.server.hub.errors`). Which one
+is decided by the route family, so even a 404 for an unknown path speaks the caller's dialect.
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ from enum import Enum
 from aiohttp import web
 
 from weightport.errors import RangeNotSatisfiable, WeightportError
+from weightport.server.hub import PREFIX as HUB_PREFIX
+from weightport.server.hub.errors import hub_error_response
 
 
 class Dialect(Enum):
     FIREWORKS = "fireworks"
     TOGETHER = "together"
+    HUB = "hub"
 
 
 TOGETHER_PREFIXES = ("/v1/fine-tunes", "/v1/finetune", "/v3/", "/v1/whoami", "/weightport/v1/")
 
 
 def dialect_for(path: str) -> Dialect:
-    return Dialect.TOGETHER if path.startswith(TOGETHER_PREFIXES) else Dialect.FIREWORKS
+    if path.startswith(TOGETHER_PREFIXES):
+        return Dialect.TOGETHER
+    if path == HUB_PREFIX or path.startswith(HUB_PREFIX + "/"):
+        return Dialect.HUB
+    return Dialect.FIREWORKS
 
 
 def json_response(body: object, status: int = 200) -> web.Response:
@@ -46,6 +54,8 @@ def error_body(error: WeightportError, dialect: Dialect) -> dict[str, object]:
 
 
 def error_response(error: WeightportError, dialect: Dialect) -> web.Response:
+    if dialect is Dialect.HUB:
+        return hub_error_response(error)
     headers = {"x-should-retry": "true" if error.retryable else "false"}
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{error.size}"

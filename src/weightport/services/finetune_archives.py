@@ -135,11 +135,17 @@ def _sources(
     return {path: BlobSource(store, sha, size) for path, (sha, size) in checkpoint_files.items()}
 
 
-def _merged_identity(
+#: Names the merge arithmetic: bump it whenever the same base and adapter would give other
+#: merged bytes, so every identity and commit derived from it changes with them.
+MERGE_RECIPE = "merged/1"
+
+
+def merged_identity(
     path: str, base: Mapping[str, BlobSource], adapter: Mapping[str, BlobSource]
 ) -> str:
+    """sha256 hex naming the bytes of merged file ``path`` (a pure function of its inputs)."""
     text = "\0".join(
-        ["merged/1", path]
+        [MERGE_RECIPE, path]
         + [f"{p}={s.key}" for p, s in sorted(base.items())]
         + [f"{p}={s.key}" for p, s in sorted(adapter.items())]
     )
@@ -161,7 +167,7 @@ def build_plan(store: BlobStore, job: FineTune, selection: Selection) -> Archive
             identity = (
                 source.key
                 if isinstance(source, BlobSource)
-                else _merged_identity(path, base, adapter)
+                else merged_identity(path, base, adapter)
             )
             members.append(ArchiveMember(path, source, identity))
         return ArchivePlan.build(selection.top, members)

@@ -1,0 +1,66 @@
+"""``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: one file, with what clients cache it by.
+
+Every answer carries ``X-Repo-Commit`` (the snapshot folder and ``refs/<branch>`` of the
+client's cache), ``X-Linked-Etag`` (the cache's blob name) and ``X-Linked-Size`` (checked
+against the bytes received) — on a 404 for a missing file too, with the commit, so clients
+remember the absence. The bytes go through the same byte path as every other download
+(zero-copy for stored blobs, the merge view for merged shards): Range (206/416), ETags and
+conditional requests behave the same everywhere, and a HEAD never computes a byte.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+
+from aiohttp import web
+
+from weightport.ranges import format_etag
+from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
+from weightport.server.context import context_of
+from weightport.server.hub.errors import RANGE_ERROR_HEADERS
+from weightport.server.hub.lookup import find
+from weightport.server.hub.paths import split_target
+
+_TEXT_TYPES = {".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
+
+
+def content_type(path: str) -> str:
+    """A file's media type by its extension; weights and unknown files are binary."""
+    extension = posixpath.splitext(path)[1].lower()
+    if extension in _TEXT_TYPES:
+        return _TEXT_TYPES[extension]
+    guessed, _ = mimetypes.guess_type(path, strict=True)
+    return guessed or "application/octet-stream"
+
+
+async def resolve(request: web.Request) -> web.StreamResponse:
+    """Serve one file of a revision (GET or HEAD)."""
+    ctx = context_of(request)
+    target = split_target(request, api=False, path_required=True)
+    found = await find(request, target.repo_id, target.revision)
+    file = found.files.get(target.path)
+    headers = {
+        "X-Repo-Commit": found.revision.sha,
+        "X-Linked-Etag": format_etag(file.etag),
+        "X-Linked-Size": str(file.size),
+    }
+    entity = Entity(
+        size=file.size,
+        etag=file.etag,
+        content_type=content_type(file.path),
+        filename=posixpath.basename(file.path),
+    )
+    body: LocalFile | SourceBody = (
+        blob_body(ctx.store, file.blob, file.size)
+        if file.blob is not None
+        else SourceBody(file.source)
+    )
+    return await serve_entity(
+        request,
+        entity,
+        body,
+        max_ranges=ctx.settings.max_ranges,
+        extra_headers=headers,
+        unsatisfiable_headers={**headers, **RANGE_ERROR_HEADERS},
+    )
