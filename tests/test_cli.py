@@ -20,6 +20,8 @@ def test_first_start_banner_has_key_and_commands(live_server: LiveServer) -> Non
     log = live_server.log_path.read_text()
     assert live_server.admin_key in log
     assert "FIREWORKS_BASE_URL=" in log and "together fine-tuning download ft-" in log
+    assert f"HF_ENDPOINT={live_server.base_url}/hf HF_TOKEN={live_server.admin_key}" in log
+    assert "hf download admin/ft-" in log
     assert "Traceback" not in log
 
 

@@ -122,8 +122,36 @@ def _together(facts: ServeFacts) -> list[str]:
     ]
 
 
+def _hugging_face(facts: ServeFacts) -> list[str]:
+    model = f"{DEFAULT_ACCOUNT}/{demo.DEMO_MODEL_ID}"
+    load = "from transformers import AutoModelForCausalLM as M; M.from_pretrained"
+    lines = [
+        "Hugging Face-style (transformers, hf download, vLLM, peft; HF_TOKEN is a weightport key):",
+        f"{INDENT}export HF_ENDPOINT={shlex.quote(facts.base_url + '/hf')} HF_TOKEN={facts.key} "
+        "HF_HUB_DISABLE_TELEMETRY=1",
+    ]
+    ft_id = facts.demo_fine_tune
+    if not ft_id:
+        return [*lines, f"{INDENT}hf download {DEFAULT_ACCOUNT}/MODEL_ID --local-dir ./MODEL_ID"]
+    repo = f"{DEFAULT_ACCOUNT}/{ft_id}"
+    return [
+        *lines,
+        f"{INDENT}hf download {model} --local-dir ./demo-llama",
+        f"{INDENT}python -c '{load}(\"{model}\")'",
+        f"{INDENT}python -c '{load}(\"{repo}\")'   # merged LoRA, computed on the fly",
+        f"{INDENT}hf download {repo} --revision adapter --local-dir ./demo-adapter   # for peft",
+        f"{INDENT}vllm serve {repo}",
+    ]
+
+
 #: The banner's sections, in order; each returns its lines, or none to be left out.
-SECTIONS: list[Callable[[ServeFacts], list[str]]] = [_header, _key, _fireworks, _together]
+SECTIONS: list[Callable[[ServeFacts], list[str]]] = [
+    _header,
+    _key,
+    _fireworks,
+    _together,
+    _hugging_face,
+]
 
 
 def banner(facts: ServeFacts) -> str:
