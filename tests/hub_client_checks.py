@@ -180,11 +180,12 @@ def offline(cfg: Config) -> dict[str, Any]:
 
 
 def interrupted(cfg: Config) -> dict[str, Any]:
-    """A download whose connection is cut mid-body, retried as a user would."""
+    """A merged shard (streamed by weightport on every stack) whose connection is cut
+    mid-body, retried as a user would."""
     attempts: list[str] = []
     for _ in range(3):
         try:
-            path = hub.hf_hub_download(cfg["repo"], cfg["big_file"])
+            path = hub.hf_hub_download(cfg["ft_repo"], cfg["big_file"])
         except Exception as exc:
             attempts.append(type(exc).__name__)
             continue

@@ -1,5 +1,5 @@
-"""The real Hugging Face clients against a real server: huggingface_hub 2.4 with transformers
-5.24, and huggingface_hub 0.36 with transformers 4.57 (each an overlay made by ``make test``).
+"""The real Hugging Face clients against a real server on each stack: huggingface_hub 2.4 with
+transformers 5.24, and huggingface_hub 0.36 with transformers 4.57 (overlays from ``make test``).
 
 Each scenario runs the clients in their own process (tests/hub_client_checks.py) with
 ``HF_ENDPOINT``/``HF_TOKEN`` pointing here, and this side checks what they got: bytes against
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import load as load_tensors
@@ -101,8 +102,9 @@ class Clients:
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> HubWorld:
-    return publish_world(live_server)
+def world(stack_server: LiveServer) -> HubWorld:
+    """The repositories, on each stack: with S3, stored files are 302s to the store."""
+    return publish_world(stack_server)
 
 
 @pytest.fixture(scope="module")
@@ -262,13 +264,14 @@ def test_hf_download_cli(overlay: str, world: HubWorld, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_interrupted_download_is_retried(overlay: str, world: HubWorld, tmp_path: Path) -> None:
-    size = len(world.base_files[SHARDS[0]])
-    proxy = TcpProxy(world.server.port, drop_after=size // 2)
+    url = f"{world.endpoint}/{world.ft_repo}/resolve/main/{SHARDS[0]}"
+    whole = httpx.get(url, headers={"Authorization": f"Bearer {world.key}"}, timeout=60).content
+    proxy = TcpProxy(world.server.port, drop_after=len(whole) // 2)
     with proxy.running():
         clients = Clients(world, overlay, tmp_path / "home")
         got = clients.run("interrupted", tmp_path / "work", endpoint=f"{proxy.base_url}/hf")
     assert proxy.dropped == 1
-    assert got["sha256"] == digests(world.base_files)[SHARDS[0]], got
+    assert got["sha256"] == hashlib.sha256(whole).hexdigest(), got
 
 
 def test_vllm_hub_calls(world: HubWorld, tmp_path: Path) -> None:

@@ -51,6 +51,33 @@ def test_head_of_a_stored_file(hub: httpx.Client) -> None:
     assert got.headers["x-repo-commit"] == response.headers["x-repo-commit"]
 
 
+def test_stored_files_redirect_to_a_presigning_store(
+    stack_server: LiveServer, stack_demo_job: str
+) -> None:
+    headers = {"Authorization": f"Bearer {stack_server.admin_key}"}
+    base = f"{stack_server.base_url}/hf/admin"
+    body = demo.demo_base_files()["model.safetensors"]
+    url = f"{base}/demo-llama/resolve/main/model.safetensors"
+    for method in ("HEAD", "GET"):
+        answer = httpx.request(method, url, headers=headers)
+        if "WEIGHTPORT_STORAGE_URL" not in stack_server.extra_env:
+            assert answer.status_code == 200  # a local store: served here, zero-copy
+            continue
+        assert answer.status_code == 302
+        sha = hashlib.sha256(body).hexdigest()
+        assert answer.headers["x-linked-etag"] == answer.headers["etag"] == f'"{sha}"'
+        assert answer.headers["x-linked-size"] == str(len(body))
+        assert COMMIT.fullmatch(answer.headers["x-repo-commit"])
+        location = answer.headers["location"]
+        assert not location.startswith(stack_server.base_url)  # another origin only
+        # What clients then do: GET the store's URL without weightport's key, maybe a Range.
+        assert httpx.get(location).content == body
+        part = httpx.get(location, headers={"Range": "bytes=0-100000"})
+        assert part.status_code == 206 and part.content == body[:100001]
+    merged = httpx.head(f"{base}/{stack_demo_job}/resolve/main/model.safetensors", headers=headers)
+    assert merged.status_code == 200  # merged shards exist nowhere but here: always streamed
+
+
 def test_ranges_and_416(hub: httpx.Client) -> None:
     body = demo.demo_base_files()["model.safetensors"]
     url = "/admin/demo-llama/resolve/main/model.safetensors"

@@ -6,21 +6,30 @@ against the bytes received) — on a 404 for a missing file too, with the commit
 remember the absence. The bytes go through the same byte path as every other download
 (zero-copy for stored blobs, the merge view for merged shards): Range (206/416), ETags and
 conditional requests behave the same everywhere, and a HEAD never computes a byte.
+
+With a store that presigns its own URLs (S3), a stored file is answered with a 302 to the
+store instead, carrying all of the above, since clients read them from the redirect itself
+and then fetch from the store without weightport's key. Only to another origin: clients follow
+same-origin redirects during the HEAD, and older ones drop the query string — the signature —
+when they do. Merged shards have no stored object and are always streamed.
 """
 
 from __future__ import annotations
 
 import mimetypes
 import posixpath
+from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from weightport.ranges import format_etag
 from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
-from weightport.server.context import context_of
+from weightport.server.context import ServerContext, context_of
 from weightport.server.hub.errors import RANGE_ERROR_HEADERS
 from weightport.server.hub.lookup import find
 from weightport.server.hub.paths import split_target
+from weightport.services.hub.files import RepoFile
+from weightport.storage.base import Presigner
 
 _TEXT_TYPES = {".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 
@@ -34,6 +43,20 @@ def content_type(path: str) -> str:
     return guessed or "application/octet-stream"
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def store_url(ctx: ServerContext, request: web.Request, file: RepoFile) -> str | None:
+    """The store's own URL for a stored file, if the store presigns and is another origin."""
+    store = ctx.store
+    if file.blob is None or not isinstance(store, Presigner):
+        return None
+    url = store.presign_get(file.blob, expires_in=ctx.settings.download_url_ttl)
+    return None if _origin(url) == _origin(ctx.public_base(request)) else url
+
+
 async def resolve(request: web.Request) -> web.StreamResponse:
     """Serve one file of a revision (GET or HEAD)."""
     ctx = context_of(request)
@@ -45,6 +68,11 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         "X-Linked-Etag": format_etag(file.etag),
         "X-Linked-Size": str(file.size),
     }
+    location = store_url(ctx, request, file)
+    if location is not None:
+        headers[hdrs.ETAG] = format_etag(file.etag)
+        headers[hdrs.LOCATION] = location
+        return web.Response(status=302, headers=headers)
     entity = Entity(
         size=file.size,
         etag=file.etag,
