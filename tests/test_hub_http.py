@@ -243,6 +243,7 @@ def test_keys(live_server: LiveServer, demo_job: str) -> None:
     assert foreign.headers["x-error-code"] == missing.headers["x-error-code"] == "RepoNotFound"
     revoked = live_server.new_account("admin")
     revoke(live_server, revoked)
-    refused = httpx.head(url, headers={"Authorization": f"Bearer {revoked}"})
-    assert refused.status_code == 401
-    assert refused.headers["x-error-message"] == "Invalid credentials in Authorization header"
+    for header in (f"Bearer {revoked}", "Basic dXNlcjpwYXNz"):
+        refused = httpx.head(url, headers={"Authorization": header})
+        assert refused.status_code == 401
+        assert refused.headers["x-error-message"] == "Invalid credentials in Authorization header"

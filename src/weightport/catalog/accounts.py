@@ -101,7 +101,7 @@ def authenticate(session: Session, secret: str) -> Caller:
     if not secret.isascii():
         # Keys are ASCII; other bytes in the header cannot match one (and cannot be hashed
         # as text when they arrive undecodable).
-        raise Unauthenticated("the API key you provided is invalid or revoked")
+        raise InvalidCredentials("the API key you provided is invalid or revoked")
     key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
     if key is None or key.revoked_at is not None:
         raise InvalidCredentials("the API key you provided is invalid or revoked")

@@ -9,7 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from weightport.catalog import accounts
-from weightport.errors import InvalidArgument, PayloadTooLarge, Unauthenticated
+from weightport.errors import (
+    InvalidArgument,
+    InvalidCredentials,
+    PayloadTooLarge,
+    Unauthenticated,
+)
 from weightport.server.context import context_of
 
 #: The authenticated caller, kept on the request for handlers that mint signed URLs.
@@ -23,7 +28,7 @@ async def authenticate(request: web.Request) -> accounts.Caller:
     if not header:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
     if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthenticated("malformed Authorization header: use Bearer <key>")
+        raise InvalidCredentials("malformed Authorization header: use Bearer <key>")
     ctx = context_of(request)
     caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret.strip()))
     request[CALLER] = caller

@@ -54,6 +54,11 @@ def repo_target(request: web.Request) -> str:
     return _repo_id(parts[3], parts[4])
 
 
+def revision_target(request: web.Request) -> str:
+    """The revision of ``/api/models/{org}/{name}/revision/{rev}`` (one quoted segment)."""
+    return _segment("/".join(_parts(request)[6:]))
+
+
 def split_target(request: web.Request, *, api: bool, path_required: bool) -> Target:
     """Split ``/{org}/{name}/resolve/{rev}/{path}`` or, with ``api``,
     ``/api/models/{org}/{name}/{verb}/{rev}[/{path}]`` (after the prefix).

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from aiohttp import web
 
 from weightport.server.envelopes import json_response
 from weightport.server.hub.lookup import find, find_repo_only
-from weightport.server.hub.paths import repo_target
+from weightport.server.hub.paths import repo_target, revision_target
 from weightport.server.hub.shapes import model_info_json, refs_json
 from weightport.server.requests import query_bool
 from weightport.services.hub.revisions import MAIN
@@ -27,9 +25,7 @@ async def repo_info(request: web.Request) -> web.Response:
 
 async def revision_info(request: web.Request) -> web.Response:
     """The repository at a revision (``snapshot_download``, ``model_info(revision=…)``)."""
-    # The revision is the rest of the raw path, one quoted segment ("refs%2Fheads%2Fmain").
-    raw = request.rel_url.raw_path.split("/revision/", 1)[1]
-    return await _info(request, unquote(raw))
+    return await _info(request, revision_target(request))
 
 
 async def refs(request: web.Request) -> web.Response:
