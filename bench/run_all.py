@@ -19,6 +19,7 @@ from bench import (
     console_pages,
     downloader,
     downloader_link,
+    hub_download,
     merge_stream,
 )
 from bench.common import Row, machine_info, markdown_table, write_results
@@ -30,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     downloader_link.NAME: lambda quick: downloader_link.run(quick=quick),
     merge_stream.NAME: lambda quick: merge_stream.run(quick=quick),
     console_pages.NAME: lambda quick: console_pages.run(quick=quick),
+    hub_download.NAME: lambda quick: hub_download.run(quick=quick),
 }
 
 

@@ -60,7 +60,7 @@ def test_printed_commands_run_as_printed(
     lines = banner_lines(server)
     assert server.admin_key in lines  # the first start's key, shown once
     weightport_lines = [
-        line for line in lines if " download " in line and not line.startswith("together ")
+        line for line in lines if " download " in line and not line.startswith(("together ", "hf "))
     ]
     curl = [line for line in lines if line.startswith("curl ")]
     assert len(weightport_lines) == 2 and len(curl) == 1

@@ -24,9 +24,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file
 
-from tests.conftest import LiveServer, free_port
+from tests.conftest import BANNER_START, LiveServer, free_port
 from tests.hub_repos import NESTED, SHARDS, SPACED, HubWorld, peft_merged, publish_world
 from tests.tcp_proxy import TcpProxy
+from weightport import demo
 
 pytestmark = pytest.mark.oracle
 
@@ -272,6 +273,32 @@ def test_interrupted_download_is_retried(overlay: str, world: HubWorld, tmp_path
         got = clients.run("interrupted", tmp_path / "work", endpoint=f"{proxy.base_url}/hf")
     assert proxy.dropped == 1
     assert got["sha256"] == hashlib.sha256(whole).hexdigest(), got
+
+
+def test_banner_commands_run_as_printed(live_server: LiveServer, tmp_path: Path) -> None:
+    # The Hugging Face lines of the first start's banner, pasted into a shell where the
+    # venv's `hf` and `python` are on PATH (what installing huggingface_hub gives a user).
+    assert live_server.log_path is not None
+    log = live_server.log_path.read_text()
+    banner = log[log.rindex(BANNER_START) :].splitlines()
+    start = next(i for i, line in enumerate(banner) if line.startswith("Hugging Face-style"))
+    lines = [line.strip() for line in banner[start + 1 :] if line.startswith("    ")]
+    runnable = [line for line in lines if not line.startswith("vllm ")]  # needs a GPU
+    assert len(runnable) == len(lines) - 1 and runnable[0].startswith("export HF_ENDPOINT=")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin", HF_HOME=str(tmp_path / "h"))
+    ran = subprocess.run(
+        ["/bin/bash", "-c", "set -e\n" + "\n".join(runnable)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    downloaded = {p.name for p in (tmp_path / "demo-llama").iterdir() if p.is_file()}
+    assert downloaded == set(demo.demo_base_files())
+    assert (tmp_path / "demo-adapter" / "adapter_config.json").is_file()
 
 
 def test_vllm_hub_calls(world: HubWorld, tmp_path: Path) -> None:
