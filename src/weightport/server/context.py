@@ -12,8 +12,8 @@ from weightport.config import Settings
 from weightport.server.read_ahead import ReadAheadPool
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.finetune_archives import PlanCache
-from weightport.services.key_status import KeyStatusCache
 from weightport.services.hub.files import RevisionFilesCache
+from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore
 
