@@ -21,16 +21,22 @@ from weightport.server.context import context_of
 CALLER = web.RequestKey("weightport_caller", accounts.Caller)
 
 
-async def authenticate(request: web.Request) -> accounts.Caller:
-    """The account and key id of the bearer key on the request, or :class:`Unauthenticated`."""
+def bearer_secret(request: web.Request) -> str:
+    """The key the request presents as ``Authorization: Bearer <key>`` (not yet checked)."""
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if not header:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
     if scheme.lower() != "bearer" or not secret.strip():
         raise InvalidCredentials("malformed Authorization header: use Bearer <key>")
+    return secret.strip()
+
+
+async def authenticate(request: web.Request) -> accounts.Caller:
+    """The account and key id of the bearer key on the request, or :class:`Unauthenticated`."""
+    secret = bearer_secret(request)
     ctx = context_of(request)
-    caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret.strip()))
+    caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret))
     request[CALLER] = caller
     return caller
 
