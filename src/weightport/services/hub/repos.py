@@ -20,7 +20,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from weightport.catalog import finetunes, registry
-from weightport.catalog.schema import Checkpoint, FineTune, Model
+from weightport.catalog.schema import Checkpoint, CheckpointFile, FineTune, Model, ModelFile
 from weightport.errors import RepoNotFound
 from weightport.services.hub.revisions import (
     ADAPTER,
@@ -59,61 +59,110 @@ def not_found(repo_id: str) -> RepoNotFound:
 
 
 def find_repo(session: Session, account: str, repo_id: str) -> Repo:
-    """The repository ``repo_id`` as ``account`` sees it; :class:`RepoNotFound` otherwise."""
+    """The repository ``repo_id`` as ``account`` sees it; :class:`RepoNotFound` otherwise.
+
+    Reads only the columns it needs (a few narrow queries, no ORM object graphs): every
+    HEAD of every file goes through here.
+    """
     namespace, _, name = repo_id.partition("/")
     if namespace != account or not name or "/" in name:
         raise not_found(repo_id)
-    model = session.scalar(select(Model).where(Model.account_id == account, Model.model_id == name))
+    model = session.execute(
+        select(Model.pk, Model.state, Model.created_at, Model.updated_at).where(
+            Model.account_id == account, Model.model_id == name
+        )
+    ).first()
     if model is not None:
         if model.state != registry.READY:
             raise RepoNotFound(f"Repository {repo_id} is still uploading (model not READY)")
-        return _model_repo(repo_id, model)
+        main = make_revision(MAIN, RevisionKind.FILES, _model_files(session, model.pk))
+        return Repo(repo_id, account, model.created_at, model.updated_at, (main,))
     job = _find_fine_tune(session, account, name)
     if job is None:
         raise not_found(repo_id)
-    return _fine_tune_repo(repo_id, job)
+    return _fine_tune_repo(session, repo_id, job)
 
 
-def _find_fine_tune(session: Session, account: str, name: str) -> FineTune | None:
+@dataclass(frozen=True)
+class _Job:
+    """The columns of a fine-tune the Hub view needs."""
+
+    id: str
+    base_model_pk: int
+    training_type: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _find_fine_tune(session: Session, account: str, name: str) -> _Job | None:
     if finetunes.FT_ID.match(name):
-        job = session.get(FineTune, name)
-        return job if job is not None and job.account_id == account else None
-    named = or_(
-        FineTune.model_output_name == name,
-        FineTune.model_output_name.endswith("/" + name, autoescape=True),
+        chosen = FineTune.id == name
+    else:
+        chosen = or_(
+            FineTune.model_output_name == name,
+            FineTune.model_output_name.endswith("/" + name, autoescape=True),
+        )
+    columns = (
+        FineTune.id,
+        FineTune.base_model_pk,
+        FineTune.training_type,
+        FineTune.created_at,
+        FineTune.updated_at,
     )
-    query = select(FineTune).where(FineTune.account_id == account, named)
-    return session.scalars(query.order_by(FineTune.created_at.desc(), FineTune.id).limit(1)).first()
+    query = select(*columns).where(FineTune.account_id == account, chosen)
+    newest = query.order_by(FineTune.created_at.desc(), FineTune.id).limit(1)
+    row = session.execute(newest).first()
+    return None if row is None else _Job(*row)
 
 
-def _model_files(model: Model) -> list[StoredFile]:
-    return [StoredFile(f.path, f.declared_size, f.sha256) for f in model.files if f.sha256]
+def _model_files(session: Session, model_pk: int) -> list[StoredFile]:
+    rows = session.execute(
+        select(ModelFile.path, ModelFile.declared_size, ModelFile.sha256).where(
+            ModelFile.model_pk == model_pk, ModelFile.sha256.is_not(None)
+        )
+    )
+    return [StoredFile(path, size, sha256) for path, size, sha256 in rows if sha256]
 
 
-def _model_repo(repo_id: str, model: Model) -> Repo:
-    main = make_revision(MAIN, RevisionKind.FILES, _model_files(model))
-    return Repo(repo_id, model.account_id, model.created_at, model.updated_at, (main,))
+def _checkpoints(
+    session: Session, ft_id: str
+) -> dict[tuple[int, str], dict[str, list[StoredFile]]]:
+    """(step, kind) -> artifact -> files, by step."""
+    rows = session.execute(
+        select(
+            Checkpoint.step,
+            Checkpoint.kind,
+            CheckpointFile.artifact,
+            CheckpointFile.path,
+            CheckpointFile.size,
+            CheckpointFile.sha256,
+        )
+        .join(CheckpointFile, CheckpointFile.checkpoint_pk == Checkpoint.pk)
+        .where(Checkpoint.fine_tune_id == ft_id)
+        .order_by(Checkpoint.step, CheckpointFile.path)
+    )
+    found: dict[tuple[int, str], dict[str, list[StoredFile]]] = {}
+    for step, kind, artifact, path, size, sha256 in rows:
+        found.setdefault((step, kind), {}).setdefault(artifact, []).append(
+            StoredFile(path, size, sha256)
+        )
+    return found
 
 
-def _checkpoint_files(checkpoint: Checkpoint, artifact: str) -> list[StoredFile]:
-    return [
-        StoredFile(f.path, f.size, f.sha256) for f in checkpoint.files if f.artifact == artifact
-    ]
-
-
-def _fine_tune_repo(repo_id: str, job: FineTune) -> Repo:
-    base_model = job.base_model
-    base = _model_files(base_model)
+def _fine_tune_repo(session: Session, repo_id: str, job: _Job) -> Repo:
+    base_model = session.execute(
+        select(Model.account_id, Model.model_id).where(Model.pk == job.base_model_pk)
+    ).one()
+    base = _model_files(session, job.base_model_pk)
     base_repo = f"{base_model.account_id}/{base_model.model_id}"
     lora = job.training_type == finetunes.LORA
     steps: list[Revision] = []
     adapters: list[Revision] = []
     final_step: Revision | None = None
     final_adapter: Revision | None = None
-    for checkpoint in job.checkpoints:
-        step = checkpoint.step
-        adapter = _checkpoint_files(checkpoint, finetunes.ADAPTER) if lora else []
-        weights = _checkpoint_files(checkpoint, finetunes.MODEL)
+    for (step, kind), files in _checkpoints(session, job.id).items():
+        adapter = files.get(finetunes.ADAPTER, []) if lora else []
+        weights = files.get(finetunes.MODEL, [])
         if adapter:
             # As the Together download does: a LoRA checkpoint's model is base + adapter.
             merged = make_revision(
@@ -133,7 +182,7 @@ def _fine_tune_repo(repo_id: str, job: FineTune) -> Repo:
             steps.append(merged)
         else:
             continue
-        if checkpoint.kind == finetunes.FINAL:
+        if kind == finetunes.FINAL:
             final_step, final_adapter = steps[-1], adapters[-1] if adapter else None
     named: list[Revision] = []
     if final_step is not None:
@@ -141,4 +190,5 @@ def _fine_tune_repo(repo_id: str, job: FineTune) -> Repo:
     if final_adapter is not None:
         named.append(replace(final_adapter, name=ADAPTER))
     revisions = (*named, *steps, *adapters)
-    return Repo(repo_id, job.account_id, job.created_at, job.updated_at, revisions)
+    account = repo_id.split("/", 1)[0]
+    return Repo(repo_id, account, job.created_at, job.updated_at, revisions)
