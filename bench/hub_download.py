@@ -8,8 +8,9 @@ adapter on every q/v projection is imported as a fine-tune of it. Measured, inte
    own repo-info and tree answers saved as files, and each file with the ``X-Repo-Commit`` /
    ``X-Linked-Etag`` headers the client needs (sendfile on, no access log). Target ≥ 0.9×.
 2. **merged**: ``hf download admin/<ft>`` (the merged model, computed on the fly) against the
-   Together route's merged download of the same fine-tune (``curl -o FILE``, one stream).
-   Both write to the same disk; throughput is model bytes per second. Target ≥ 0.8×.
+   Together route's merged download of the same fine-tune, fetched by ``curl -o FILE`` (one
+   stream; the target's reference) and by the official ``together fine-tuning download``.
+   All write to the same disk; throughput is model bytes per second. Target ≥ 0.8× curl.
 3. **HEAD latency**: sequential ``HEAD /hf/{repo}/resolve/main/{file}`` on one keep-alive
    connection, for a stored file and for a merged shard (p50, p99). Target p99 < 10 ms.
 
@@ -63,6 +64,7 @@ NAME = "hub_download"
 PLAIN_TARGET, MERGED_TARGET, HEAD_P99_MS = 0.9, 0.8, 10.0
 RANK, ALPHA = 16, 32
 HF = Path(sys.executable).with_name("hf")
+TOGETHER = Path(sys.executable).with_name("together")
 
 
 def make_adapter(folder: Path, layers: int, seed: int = 1) -> None:
@@ -176,6 +178,37 @@ def curl_to_file(url: str, key: str, target: Path, model_bytes: int) -> Fetch:
     return run
 
 
+def together_cli(base_url: str, key: str, ft_id: str, work: Path, model_bytes: int) -> Fetch:
+    """A contender: the official ``together fine-tuning download`` of the merged archive."""
+    env = {
+        **os.environ,
+        "HOME": str(work),
+        "TOGETHER_BASE_URL": base_url,
+        "TOGETHER_API_KEY": key,
+        "TOGETHER_TELEMETRY_DISABLED": "1",
+        "TOGETHER_DISABLE_VERSION_CHECK": "1",
+        "NO_COLOR": "1",
+    }
+
+    def run() -> tuple[int, float]:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        target = work / "merged.tar.zst"
+        began = time.perf_counter()
+        subprocess.run(
+            [str(TOGETHER), "fine-tuning", "download", ft_id, "-o", str(target)],
+            env=env,
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
+        seconds = time.perf_counter() - began
+        shutil.rmtree(work, ignore_errors=True)
+        return model_bytes, seconds
+
+    return run
+
+
 def head_latencies(url: str, key: str, count: int) -> list[float]:
     """Milliseconds of ``count`` sequential HEADs on one keep-alive connection."""
     pool = urllib3.PoolManager(maxsize=1, retries=False)
@@ -257,6 +290,10 @@ def _measure(server: WeightportServer, tmp: Path, ckpt: Path, reps: int, heads: 
         merged_contenders = {
             "hf_merged": (server.pid, hf_download(wp, key, fine_tune, tmp / "c", model_bytes)),
             "together_merged": (server.pid, curl_to_file(together, key, archive, model_bytes)),
+            "together_cli": (
+                server.pid,
+                together_cli(server.base_url, key, ft_id, tmp / "d", model_bytes),
+            ),
         }
         for _, fetch in merged_contenders.values():
             fetch()
@@ -316,6 +353,7 @@ def _rows(m: Measured) -> list[Row]:
     plain = paired_ratio(m.plain["weightport"], m.plain["nginx"])
     merged = paired_ratio(m.merged["hf_merged"], m.merged["together_merged"])
     merged_ok = merged >= MERGED_TARGET
+    by_cli = paired_ratio(m.merged["hf_merged"], m.merged["together_cli"])
     rows = [
         Row(NAME, "model size", m.model_bytes / MiB, "MiB"),
         Row(NAME, "hf download, weightport", _speed(m.plain["weightport"]), "GB/s"),
@@ -326,6 +364,8 @@ def _rows(m: Measured) -> list[Row]:
         Row(NAME, "hf download, merged", _speed(m.merged["hf_merged"]), "GB/s"),
         Row(NAME, "Together merged archive (curl)", _speed(m.merged["together_merged"]), "GB/s"),
         Row(NAME, "hf merged ÷ Together merged", merged, "×", f"≥ {MERGED_TARGET}", merged_ok),
+        Row(NAME, "together CLI merged", _speed(m.merged["together_cli"]), "GB/s"),
+        Row(NAME, "hf merged ÷ together CLI merged", by_cli, "×"),
     ]
     for kind, values in m.heads.items():
         p99 = percentile(values, 99)
