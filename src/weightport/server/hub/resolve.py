@@ -82,7 +82,7 @@ async def resolve(request: web.Request) -> web.StreamResponse:
     body: LocalFile | SourceBody = (
         blob_body(ctx.store, file.blob, file.size)
         if file.blob is not None
-        else SourceBody(file.source)
+        else SourceBody(file.source, ctx.read_ahead)  # merged: computed ahead of the socket
     )
     return await serve_entity(
         request,
