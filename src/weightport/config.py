@@ -46,6 +46,12 @@ class Settings:
     s3_public_endpoint: str = ""
     #: Region of the bucket (SigV4 signs it too).
     s3_region: str = "us-east-1"
+    #: Keep file bytes flowing through weightport (its own signed, revocable URLs) instead
+    #: of handing out the store's presigned URLs: for stores clients cannot reach.
+    s3_proxy: bool = False
+    #: Lifetime of the store's presigned URLs, seconds (at most 7 days). Short, because a
+    #: presigned URL cannot be revoked by weightport.
+    s3_presign_ttl: int = 900
     #: Largest object written by one PUT or copied by one CopyObject (AWS: 5 GiB). Larger
     #: uploads go through weightport as a multipart upload; larger copies use UploadPartCopy.
     s3_max_put_size: int = 5 << 30
@@ -99,6 +105,7 @@ class Settings:
             "upload_url_ttl",
             "max_ranges",
             "archive_threads",
+            "s3_presign_ttl",
             "s3_max_put_size",
             "staging_max_age",
             "console_session_ttl",

@@ -10,6 +10,7 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     WeightportError                      500 INTERNAL
     ├── InvalidArgument                  400 INVALID_ARGUMENT
     │   ├── FailedPrecondition           400 FAILED_PRECONDITION
+    │   │   └── StillWorking             400 + Retry-After (work still running: poll)
     │   ├── PayloadTooLarge              413
     │   └── ExpectationFailed            417 (an Expect header other than 100-continue)
     ├── RangeNotSatisfiable              416
@@ -100,6 +101,17 @@ class FailedPrecondition(InvalidArgument):
         if not message.startswith("FAILED_PRECONDITION"):
             message = f"FAILED_PRECONDITION: {message}"
         super().__init__(message, param=param)
+
+
+class StillWorking(FailedPrecondition):
+    """The request waits on work that is still running (hashing uploaded files): the caller
+    should ask again after ``retry_after`` seconds (sent as ``Retry-After``)."""
+
+    code = "still_working"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PayloadTooLarge(InvalidArgument):

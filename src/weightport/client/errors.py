@@ -43,7 +43,12 @@ class ConfigurationError(DownloadError, ValueError):
 
 
 class ApiError(DownloadError):
-    """The server answered with an error status; ``message`` is the server's own words."""
+    """The server answered with an error status; ``message`` is the server's own words.
+
+    ``retry_after``: seconds the server asked the caller to wait before asking again.
+    """
+
+    retry_after: float | None = None
 
     def __init__(self, message: str, *, status: int, code: str | int | None = None) -> None:
         super().__init__(message)

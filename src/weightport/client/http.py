@@ -96,7 +96,8 @@ def disposition_filename(value: str | None) -> str | None:
     return name or None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds of a ``Retry-After`` header given in seconds (0-60), else ``None``."""
     raw = headers.get("retry-after")
     if raw is None:
         return None
@@ -150,7 +151,7 @@ class HttpSession:
                 retryable = hint == "true" if hint in ("true", "false") else error.retryable
                 if retryable and attempt < self.api_retries:
                     attempt += 1
-                    time.sleep(_retry_after(resp.headers) or backoff_delay(attempt))
+                    time.sleep(retry_after(resp.headers) or backoff_delay(attempt))
                     continue
                 raise error
             try:

@@ -25,7 +25,7 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from weightport.client.errors import ApiError, BadRequest, DownloadError, error_from_response
-from weightport.client.http import unreachable
+from weightport.client.http import retry_after, unreachable
 
 #: google.rpc.Code of "not yet": validateUpload says so while files are still landing.
 FAILED_PRECONDITION = 9
@@ -111,7 +111,9 @@ class ModelPusher:
             data = json.dumps(body).encode()
         response = self._send(method, url, body=data, headers=headers)
         if response.status >= 400:
-            raise error_from_response(response.status, response.data)
+            error = error_from_response(response.status, response.data)
+            error.retry_after = retry_after(response.headers)
+            raise error
         return json.loads(response.data or b"{}")
 
     def _send(self, method: str, url: str, **kwargs: Any) -> urllib3.BaseHTTPResponse:
@@ -236,12 +238,23 @@ class ModelPusher:
             return sum(pool.map(put, sorted(urls)))
 
     def validate(self, *, attempts: int = 3) -> list[str]:
-        """Call validateUpload until READY (the server may still be landing files)."""
-        for attempt in range(attempts):
+        """Call validateUpload until READY (the server may still be landing files).
+
+        While the server says it is still working on the upload (FAILED_PRECONDITION with
+        ``Retry-After``: hashing files PUT straight to an object store), keep polling as
+        it asks; other FAILED_PRECONDITION answers get ``attempts`` tries.
+        """
+        attempt = 0
+        while True:
             try:
                 return list(self.api("GET", self.target.model_url("validateUpload"))["warnings"])
             except BadRequest as exc:
-                if exc.code != FAILED_PRECONDITION or attempt == attempts - 1:
+                if exc.code != FAILED_PRECONDITION:
+                    raise
+                if exc.retry_after is not None:
+                    time.sleep(min(exc.retry_after, 10.0))
+                    continue
+                attempt += 1
+                if attempt >= attempts:
                     raise
                 time.sleep(min(0.2 * 2**attempt, 2.0))
-        raise PushError("validateUpload did not succeed")

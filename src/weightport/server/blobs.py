@@ -23,6 +23,8 @@ from weightport.paths import validate_relative_path
 from weightport.server.byteserve import Entity, blob_body, serve_entity
 from weightport.server.context import ServerContext, context_of
 from weightport.server.protocol import defer_continue, send_continue
+from weightport.services.staged_uploads import StagedFile as DeclaredFile
+from weightport.storage.base import StagedUploads
 
 PREFIX = "/files"
 #: The bound parameter (``X-Wp-key``) naming the API key that minted a URL.
@@ -62,11 +64,19 @@ def signed_file_url(
 def signed_download_url(
     ctx: ServerContext, base: str, model: Model, file: ModelFile, *, minted_by: str
 ) -> str:
-    """A fresh signed GET URL for a landed file of a READY model, bound to its sha256 (so it
-    can never serve other bytes) and to the API key id ``minted_by`` (revoking that key
-    revokes the URL), valid for ``download_url_ttl``."""
+    """Where a client GETs a landed file of a READY model.
+
+    With a presigning store (and ``s3_proxy`` off), the store's own URL: the bytes never pass
+    through weightport, but such a URL cannot be revoked (revoking ``minted_by`` does not
+    reach it), so it lives only ``s3_presign_ttl``. Otherwise this route's signed URL, bound
+    to the file's sha256 (so it can never serve other bytes) and to the API key id
+    ``minted_by`` (revoking that key revokes the URL), valid for ``download_url_ttl``.
+    """
     if file.sha256 is None:
         raise FailedPrecondition(f"{file.path!r} has not been uploaded")
+    presigner = ctx.presigner()
+    if presigner is not None:
+        return presigner.presign_get(file.sha256, expires_in=ctx.settings.s3_presign_ttl)
     return signed_file_url(
         ctx,
         base,
@@ -78,6 +88,48 @@ def signed_download_url(
         minted_by=minted_by,
         bound={"sha256": file.sha256},
     )
+
+
+def upload_url(
+    ctx: ServerContext,
+    base: str,
+    *,
+    account: str,
+    model_id: str,
+    file: DeclaredFile,
+    minted_by: str,
+) -> str:
+    """Where a client PUTs one declared file.
+
+    With a presigning store and a file one PUT can write (``s3_max_put_size``), a presigned
+    PUT to the file's staging name, hashed at ``validateUpload``; otherwise this route,
+    which hashes while it streams into the store (multipart for large files).
+    """
+    presigner = ctx.presigner()
+    if (
+        presigner is not None
+        and isinstance(ctx.store, StagedUploads)
+        and file.declared_size <= ctx.settings.s3_max_put_size
+    ):
+        return presigner.presign_put(file.name, expires_in=ctx.settings.upload_url_ttl)
+    return signed_file_url(
+        ctx,
+        base,
+        method="PUT",
+        account=account,
+        model_id=model_id,
+        path=file.path,
+        ttl=ctx.settings.upload_url_ttl,
+        minted_by=minted_by,
+        bound=_upload_binding(file),
+    )
+
+
+def _upload_binding(file: DeclaredFile) -> dict[str, str]:
+    bound = {"size": str(file.declared_size), "gen": str(file.generation)}
+    if file.expected_sha256 is not None:
+        bound["sha256"] = file.expected_sha256
+    return bound
 
 
 def _target(request: web.Request) -> tuple[str, str, str]:

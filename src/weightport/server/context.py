@@ -14,8 +14,9 @@ from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.finetune_archives import PlanCache
 from weightport.services.hub.files import RevisionFilesCache
 from weightport.services.key_status import KeyStatusCache
+from weightport.services.staged_uploads import StagedLanding
 from weightport.signing import UrlSigner
-from weightport.storage.base import BlobStore
+from weightport.storage.base import BlobStore, Presigner
 
 
 @dataclass
@@ -29,6 +30,14 @@ class ServerContext:
     plans: PlanCache = field(default_factory=PlanCache)
     read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
     hub_files: RevisionFilesCache = field(default_factory=RevisionFilesCache)
+    staged: StagedLanding = field(default_factory=StagedLanding)
+
+    def presigner(self) -> Presigner | None:
+        """The store, when clients should talk to it directly: it presigns its own URLs and
+        ``s3_proxy`` does not keep the bytes flowing through weightport."""
+        if isinstance(self.store, Presigner) and not self.settings.s3_proxy:
+            return self.store
+        return None
 
     def public_base(self, request: web.Request) -> str:
         """The scheme://host[:port] clients use to reach us (configured, else the request's)."""

@@ -13,7 +13,7 @@ from enum import Enum
 
 from aiohttp import web
 
-from weightport.errors import RangeNotSatisfiable, WeightportError
+from weightport.errors import RangeNotSatisfiable, StillWorking, WeightportError
 from weightport.server.hub import PREFIX as HUB_PREFIX
 from weightport.server.hub.errors import hub_error_response
 
@@ -59,6 +59,8 @@ def error_response(error: WeightportError, dialect: Dialect) -> web.Response:
     headers = {"x-should-retry": "true" if error.retryable else "false"}
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{error.size}"
+    if isinstance(error, StillWorking):
+        headers["Retry-After"] = str(error.retry_after)
     return web.Response(
         status=error.status,
         text=json.dumps(error_body(error, dialect)),

@@ -16,7 +16,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry, uploads
-from weightport.catalog.schema import Model, ModelFile
+from weightport.catalog.schema import Model
 from weightport.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -24,7 +24,7 @@ from weightport.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from weightport.server.blobs import signed_download_url, signed_file_url
+from weightport.server.blobs import signed_download_url, upload_url
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.fireworks_resources import (
@@ -40,6 +40,8 @@ from weightport.server.requests import (
     query_bool,
     query_int,
 )
+from weightport.services.staged_uploads import StagedFile, land_staged, staging_name
+from weightport.storage.base import StagedUploads
 
 Handler = Callable[[web.Request, str, str], Awaitable[web.Response]]
 
@@ -183,25 +185,30 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     too_big = sorted(path for path, size in sizes.items() if size > limit)
     if too_big:
         raise PayloadTooLarge(f"{too_big[0]!r} is larger than the {limit}-byte upload limit")
-    files = await ctx.catalog.run(
-        lambda s: uploads.declare_files(s, account, model_id, sizes, digests)
-    )
+
+    def declare(session: Session) -> list[StagedFile]:
+        files = uploads.declare_files(session, account, model_id, sizes, digests)
+        created = registry.get_model(session, account, model_id).created_at
+        return [
+            StagedFile(
+                f.path,
+                f.generation,
+                f.declared_size,
+                staging_name(account, model_id, created, f.path, f.generation),
+                f.expected_sha256,
+            )
+            for f in files
+            if f.sha256 is None
+        ]
+
+    pending = await ctx.catalog.run(declare)
     base = ctx.public_base(request)
     minted_by = caller_of(request).key_id
     urls = {
-        f.path: signed_file_url(
-            ctx,
-            base,
-            method="PUT",
-            account=account,
-            model_id=model_id,
-            path=f.path,
-            ttl=ctx.settings.upload_url_ttl,
-            minted_by=minted_by,
-            bound=_upload_binding(f),
+        f.path: upload_url(
+            ctx, base, account=account, model_id=model_id, file=f, minted_by=minted_by
         )
-        for f in files
-        if f.sha256 is None
+        for f in pending
     }
     result = {"filenameToSignedUrls": urls, "filenameToUnsignedUris": {}}
     mask = parse_read_mask(body.get("readMask"), UPLOAD_FIELDS)
@@ -211,18 +218,14 @@ async def get_upload_endpoint(request: web.Request, account: str, model_id: str)
     return json_response(apply_read_mask(result, mask))
 
 
-def _upload_binding(file: ModelFile) -> dict[str, str]:
-    bound = {"size": str(file.declared_size), "gen": str(file.generation)}
-    if file.expected_sha256 is not None:
-        bound["sha256"] = file.expected_sha256
-    return bound
-
-
 async def validate_upload(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     skip_config = query_bool(request, "skipHfConfigValidation")
     query_bool(request, "configOnly")
     query_bool(request, "trustRemoteCode")
+    if ctx.presigner() is not None and isinstance(ctx.store, StagedUploads):
+        # Files PUT straight to the store are hashed and landed first.
+        await land_staged(ctx.catalog, ctx.store, ctx.staged, account, model_id)
 
     def check(session: Session) -> tuple[Model, str | None]:
         model = registry.get_model(session, account, model_id)

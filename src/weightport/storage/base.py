@@ -135,8 +135,9 @@ class StagedUploads(Protocol):
         ...
 
     def commit_staged(self, name: str, *, expected_size: int) -> BlobInfo:
-        """Hash the staged object by a streamed read, make it the blob of that sha256
-        (kept once if already stored), and remove the staged object.
+        """Hash the staged object by a streamed read and make it the blob of that sha256
+        (kept once if already stored). The staged object stays until
+        :meth:`discard_staged`, so work lost to a crash can be redone.
 
         Raises :class:`weightport.errors.InvalidArgument` (and removes it) if its size is
         not ``expected_size``; :class:`weightport.errors.StorageError` if it is missing.

@@ -205,7 +205,8 @@ class S3BlobStore:
         return self._head(STAGING_PREFIX + check_staging_name(name))
 
     def commit_staged(self, name: str, *, expected_size: int) -> BlobInfo:
-        """Hash the staged object (streamed), copy it under its sha256, remove it."""
+        """Hash the staged object (streamed) and copy it under its sha256; the staged object
+        stays until :meth:`discard_staged` (so a result lost to a crash is recomputed)."""
         path = STAGING_PREFIX + check_staging_name(name)
         info, etag = self.hash_object(self.objects, path, str(self.location) + path)
         if info.size != expected_size:
@@ -213,7 +214,9 @@ class S3BlobStore:
             raise InvalidArgument(
                 f"{info.size} bytes arrived, but {expected_size} were declared; upload again"
             )
-        self.adopt(path, info.key, info.size, if_match=etag)
+        self.copy_in(
+            self.location.bucket, self.location.key(path), info.key, info.size, if_match=etag
+        )
         return info
 
     def discard_staged(self, name: str) -> None:
