@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
+from typing import Any
 
+import httpx
 import zstandard
 
 from weightport.archive.headers import MTIME
@@ -55,3 +58,15 @@ def tarfile_reference(top: str, files: dict[str, bytes]) -> bytes:
                 info.size, info.mode = len(data), 0o644
                 tf.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+def wait_for_build(client: httpx.Client, ft_id: str, artifact: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine-tunes/{ft_id}").json()
+        builds = [b for b in job["weightport_archives"] if b["artifact"] == artifact]
+        if builds and builds[0]["state"] in ("ready", "failed"):
+            build: dict[str, Any] = builds[0]
+            return build
+        time.sleep(0.2)
+    raise AssertionError("archive build did not finish")

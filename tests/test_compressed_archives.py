@@ -12,20 +12,8 @@ from typing import Any
 import httpx
 import zstandard
 
-from tests.archive_helpers import archive_files
+from tests.archive_helpers import archive_files, wait_for_build
 from tests.conftest import LiveServer
-
-
-def wait_for_build(client: httpx.Client, ft_id: str, artifact: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/fine-tunes/{ft_id}").json()
-        builds = [b for b in job["weightport_archives"] if b["artifact"] == artifact]
-        if builds and builds[0]["state"] in ("ready", "failed"):
-            build: dict[str, Any] = builds[0]
-            return build
-        time.sleep(0.2)
-    raise AssertionError("archive build did not finish")
 
 
 def test_build_then_serve_compressed(

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import LiveServer
-from tests.test_together_clients import CLI, cli_env
+from tests.together_cli import CLI, cli_env
 from weightport import demo
 
 pytestmark = pytest.mark.oracle

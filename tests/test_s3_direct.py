@@ -17,11 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from fireworks import Fireworks
+from together import Together
 
-from tests.conftest import LiveServer
+from tests.archive_helpers import archive_files, wait_for_build
+from tests.conftest import LiveServer, demo_job_of
 from tests.fw_helpers import FireworksApi
 from tests.seaweedfs import SeaweedFS
 from tests.tcp_proxy import TcpProxy
+from tests.together_cli import run_cli
 from weightport.client import DownloadOptions, FireworksModel, HttpSession, RemoteFile, download
 from weightport.client.sources import ApiConfig
 
@@ -76,7 +79,7 @@ def s3_stack(
 ) -> Iterator[Callable[..., S3Stack]]:
     proxies = contextlib.ExitStack()
 
-    def make(**settings: str) -> S3Stack:
+    def make(*, demo: bool = False, **settings: str) -> S3Stack:
         proxy = proxies.enter_context(TcpProxy(seaweedfs.s3_port).running())
         prefix = f"direct-{secrets.token_hex(4)}/"
         env = {
@@ -87,7 +90,7 @@ def s3_stack(
             **{f"WEIGHTPORT_{name.upper()}": value for name, value in settings.items()},
         }
         data = tmp_path / f"server-{secrets.token_hex(3)}"
-        server = server_factory(data, demo=False, extra_env=env).start()
+        server = server_factory(data, demo=demo, extra_env=env).start()
         return S3Stack(server, seaweedfs, prefix, proxy, proxies)
 
     with proxies:
@@ -306,3 +309,32 @@ def test_validate_answers_still_working_while_hashing_then_lands(
     landing.close()
     catalog.close()
     store.close()
+
+
+def test_cached_archives_are_served_by_redirect_to_the_store(
+    s3_stack: Callable[..., S3Stack], tmp_path: Path
+) -> None:
+    stack = s3_stack(demo=True, archive_prebuild="true")
+    server = stack.server
+    ft_id = demo_job_of(server)
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {server.admin_key}"}
+    ) as client:
+        assert wait_for_build(client, ft_id, "adapter")["state"] == "ready"
+        query = f"/v1/finetune/download?ft_id={ft_id}&checkpoint=adapter"
+        redirect = client.get(query, headers={"Range": "bytes=0-1"})
+        assert redirect.status_code == 302
+        location = redirect.headers["location"]
+        assert location.startswith(f"{stack.public.base_url}/{stack.weed.bucket}/{stack.prefix}")
+        cached = httpx.get(location).content
+        assert client.head(query).status_code == 200  # HEAD is answered here
+    assert archive_files(cached)  # a real archive
+
+    # The SDK follows the redirect (dropping the key on the way to another origin).
+    with Together(api_key=server.admin_key, base_url=server.base_url) as sdk:
+        assert sdk.fine_tuning.content(ft_id=ft_id, checkpoint="adapter").read() == cached
+    # The CLI probes with Range: bytes=0-1 and reads the total from the store's answer.
+    out = tmp_path / "adapter.tar.zst"
+    result = run_cli(server, tmp_path, ft_id, "-c", "adapter", "-o", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert out.read_bytes() == cached

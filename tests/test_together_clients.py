@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +11,8 @@ from together import Together
 
 from tests.archive_helpers import archive_files, digests, strip_top
 from tests.conftest import LiveServer
+from tests.together_cli import run_cli
 from weightport import demo
-
-CLI = shutil.which("together", path=str(Path(os.sys.executable).parent)) or "together"
 
 
 @pytest.fixture
@@ -72,29 +68,6 @@ def test_sdk_errors_are_typed(client: Together, stack_demo_job: str) -> None:
     assert "10, 20, 30" in str(bad_step.value)
     with pytest.raises(together.BadRequestError):
         client.fine_tuning.content(ft_id="not-an-ft-id").read()
-
-
-def cli_env(server: LiveServer, home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "HOME": str(home),
-        "TOGETHER_BASE_URL": server.base_url,
-        "TOGETHER_API_KEY": server.admin_key,
-        "TOGETHER_TELEMETRY_DISABLED": "1",
-        "TOGETHER_DISABLE_VERSION_CHECK": "1",
-        "NO_COLOR": "1",
-    }
-
-
-def run_cli(server: LiveServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, "fine-tuning", "download", *args],
-        env=cli_env(server, tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from tests.archive_helpers import archive_files, digests, strip_top
 from tests.conftest import LiveServer
 from tests.fw_helpers import FireworksApi
 from tests.tcp_proxy import TcpProxy
-from tests.test_together_clients import CLI, cli_env
+from tests.together_cli import CLI, cli_env
 
 SHAPES = {"model.embed_tokens.weight": (4096, 1024), "lm_head.weight": (2048, 1024)}
 

@@ -106,6 +106,13 @@ async def serve_archive(
         None if encoding == "stored" else await asyncio.to_thread(ctx.builder.ready, plan.digest),
     )
     if build is not None and build.blob_sha256 and build.size is not None:
+        presigner = ctx.presigner()
+        if presigner is not None and request.method == "GET":
+            # The cached archive is one immutable object in the store: send the client
+            # there. Every Together client follows a 302 and keeps its Range header (checked
+            # with the SDK and the CLI); HEAD stays here, since a GET-signed URL refuses it.
+            url = presigner.presign_get(build.blob_sha256, expires_in=ctx.settings.s3_presign_ttl)
+            return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
         entity = Entity(
             size=build.size,
             etag=f"{plan.digest}.zst{build.level}",
