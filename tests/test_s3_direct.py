@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,7 @@ from tests.fw_helpers import FireworksApi
 from tests.seaweedfs import SeaweedFS
 from tests.tcp_proxy import TcpProxy
 from tests.together_cli import run_cli
+from weightport import demo
 from weightport.client import DownloadOptions, FireworksModel, HttpSession, RemoteFile, download
 from weightport.client.sources import ApiConfig
 
@@ -338,3 +342,70 @@ def test_cached_archives_are_served_by_redirect_to_the_store(
     result = run_cli(server, tmp_path, ft_id, "-c", "adapter", "-o", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.read_bytes() == cached
+
+
+def weightport_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weightport", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize("target", ["s3", "local"])
+def test_finetunes_import_in_place_from_another_bucket(
+    s3_stack: Callable[..., S3Stack],
+    server_factory: Callable[..., LiveServer],
+    seaweedfs: SeaweedFS,
+    tmp_path: Path,
+    target: str,
+) -> None:
+    # A training run's checkpoint folder in another bucket of the same S3 service.
+    runs = f"runs-{secrets.token_hex(3)}"
+    seaweedfs.create_bucket(runs)
+    client: Any = seaweedfs.client()
+    adapter = demo.demo_adapter_files(7)
+    for name, body in adapter.items():
+        client.put_object(Bucket=runs, Key=f"job-1/step-7/{name}", Body=body)
+    client.put_object(Bucket=runs, Key="job-1/step-7/.hidden", Body=b"skipped")
+
+    if target == "s3":
+        stack = s3_stack(demo=True)
+        server = stack.server
+    else:
+        server = server_factory(tmp_path / "local", extra_env=seaweedfs.env()).start()
+    env = {**server.extra_env, "WEIGHTPORT_S3_ENDPOINT": seaweedfs.endpoint}
+    data = ["--data-dir", str(server.data_dir)]
+    source = f"s3://{runs}/job-1/step-7"
+    imported = weightport_cli(
+        "finetunes", "import", "--base-model", demo.DEMO_MODEL_ID, "--final", f"7={source}",
+        "--suffix", "in-place", *data, env=env,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    ft_id = imported.stdout.strip()
+    if target == "s3":
+        for body in adapter.values():
+            assert f"blobs/{sha(body)}" in stack.keys("blobs/")
+        assert not (server.data_dir / "store").exists()
+    found = client.list_objects_v2(Bucket=runs, Prefix="job-1/")["Contents"]
+    assert len(found) == len(adapter) + 1  # the source is left as it was
+
+    response = httpx.get(
+        f"{server.base_url}/v1/finetune/download?ft_id={ft_id}&checkpoint=adapter",
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    files = {name.split("/", 1)[1]: body for name, body in archive_files(response.content).items()}
+    assert files == adapter
+
+    empty = weightport_cli(
+        "finetunes", "import", "--base-model", demo.DEMO_MODEL_ID, "--final",
+        f"7=s3://{runs}/nothing-here", *data, env=env,
+    )  # fmt: skip
+    assert empty.returncode == 1
+    assert (
+        empty.stderr.strip().splitlines()[-1] == f"Error: s3://{runs}/nothing-here/ holds no files"
+    )

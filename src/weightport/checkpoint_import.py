@@ -23,6 +23,7 @@ from weightport.merge.adapter import AdapterConfig
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.view import validate_merge
 from weightport.storage.base import BlobSource, BlobStore
+from weightport.storage.s3.folder import S3Folder
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,15 @@ def store_files(store: BlobStore, files: Mapping[str, FileData]) -> dict[str, Bl
     stored = {}
     for path, data in sorted(files.items()):
         info = store_data(store, data)
+        stored[path] = BlobSource(store, info.key, info.size)
+    return stored
+
+
+def store_folder(store: BlobStore, folder: S3Folder) -> dict[str, BlobSource]:
+    """Every file of an S3 folder, imported in place (hashed, then copied server-side)."""
+    stored = {}
+    for path in folder.files():
+        info = folder.import_file(store, path)
         stored[path] = BlobSource(store, info.key, info.size)
     return stored
 

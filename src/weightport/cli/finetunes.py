@@ -1,6 +1,8 @@
-"""``weightport finetunes``: import fine-tune output from local directories; list jobs.
+"""``weightport finetunes``: import fine-tune output from local directories or S3; list jobs.
 
-Runs where the catalog and the store are (like ``keys``): it writes blobs directly.
+Runs where the catalog and the store are (like ``keys``): it writes blobs directly. An
+``s3://`` checkpoint folder is imported in place: hashed by a streamed read and copied
+server-side into the store, never through a local temp file.
 """
 
 from __future__ import annotations
@@ -14,19 +16,31 @@ from sqlalchemy.orm import Session
 
 from weightport.catalog import finetunes
 from weightport.catalog.schema import FineTune
-from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
+from weightport.checkpoint_import import (
+    CheckpointSpec,
+    register_fine_tune,
+    store_files,
+    store_folder,
+)
 from weightport.cli.catalog import opened_catalog, settings_from
 from weightport.cli.options import account_option, data_options
 from weightport.ingest import directory_files
 from weightport.services.archive_builds import archive_builds_of
 from weightport.services.together_resources import fine_tune_json
-from weightport.storage.factory import check_store_settings, open_store
+from weightport.storage.base import BlobSource
+from weightport.storage.factory import check_store_settings, is_s3_url, open_store, s3_connection
+from weightport.storage.s3.folder import S3Folder
+
+#: A checkpoint's files: a local directory, or an S3 folder (``s3://BUCKET/PREFIX``).
+Source = Path | str
 
 
-def _parse_step_dir(value: str, option: str) -> tuple[int, Path]:
+def _parse_step_dir(value: str, option: str) -> tuple[int, Source]:
     step_text, sep, folder = value.partition("=")
     if not sep or not step_text.isdigit():
         raise click.BadParameter(f"expected STEP=DIR, got {value!r}", param_hint=option)
+    if is_s3_url(folder):
+        return int(step_text), folder
     path = Path(folder)
     if not path.is_dir():
         raise click.BadParameter(f"{folder} is not a directory", param_hint=option)
@@ -47,9 +61,12 @@ def finetunes_group() -> None:
     "intermediate",
     multiple=True,
     metavar="STEP=DIR",
-    help="An intermediate checkpoint: a PEFT adapter dir (or HF model dir with --full).",
+    help="An intermediate checkpoint: a PEFT adapter dir (or HF model dir with --full); "
+    "DIR may be s3://BUCKET/PREFIX (imported in place).",
 )
-@click.option("--final", required=True, metavar="STEP=DIR", help="The final checkpoint.")
+@click.option(
+    "--final", required=True, metavar="STEP=DIR", help="The final checkpoint (DIR or s3://…)."
+)
 @click.option("--suffix", default="", help="Suffix of the output model name.")
 @click.option("--output-name", default="", help="model_output_name (default owner/base-…).")
 @data_options
@@ -75,10 +92,15 @@ def import_(
     check_store_settings(settings)  # a bad storage_url is refused before the catalog is opened
     with opened_catalog(settings) as catalog:
         store = open_store(settings)  # only now: a local store creates its directories
+
+        def stored(source: Source) -> dict[str, BlobSource]:
+            if isinstance(source, str):
+                return store_folder(store, S3Folder.open(source, s3_connection(settings)))
+            return store_files(store, directory_files(source))
+
         try:
             specs = [
-                CheckpointSpec(step, kind, artifact, store_files(store, directory_files(folder)))
-                for step, folder, kind in steps
+                CheckpointSpec(step, kind, artifact, stored(source)) for step, source, kind in steps
             ]
             ft_id = register_fine_tune(
                 catalog,
