@@ -31,6 +31,7 @@ from tests.together_cli import run_cli
 from weightport import demo
 from weightport.client import DownloadOptions, FireworksModel, HttpSession, RemoteFile, download
 from weightport.client.sources import ApiConfig
+from weightport.storage.s3 import S3Location
 
 KiB = 1024
 
@@ -275,7 +276,7 @@ def test_validate_answers_still_working_while_hashing_then_lands(
     import asyncio
     import json
 
-    from weightport.catalog import accounts, registry
+    from weightport.catalog import accounts, registry, uploads
     from weightport.catalog.db import Catalog
     from weightport.errors import StillWorking
     from weightport.server.envelopes import Dialect, error_response
@@ -295,7 +296,7 @@ def test_validate_answers_still_working_while_hashing_then_lands(
     def declare(session: Any) -> str:
         accounts.ensure_account(session, "a")
         model = registry.create_model(session, "a", "m", {"kind": "CUSTOM_MODEL"})
-        (file,) = registry.declare_files(session, "a", "m", {"w.bin": len(data)})
+        (file,) = uploads.declare_files(session, "a", "m", {"w.bin": len(data)})
         return staging_name("a", "m", model.created_at, file.path, file.generation)
 
     name = catalog.call(declare)
@@ -409,3 +410,50 @@ def test_finetunes_import_in_place_from_another_bucket(
     assert (
         empty.stderr.strip().splitlines()[-1] == f"Error: s3://{runs}/nothing-here/ holds no files"
     )
+
+
+def test_models_push_imports_an_allowed_s3_folder_in_place(
+    s3_stack: Callable[..., S3Stack], seaweedfs: SeaweedFS
+) -> None:
+    runs = f"runs-{secrets.token_hex(3)}"
+    seaweedfs.create_bucket(runs)
+    client: Any = seaweedfs.client()
+    files = model_files()
+    for path, body in files.items():
+        client.put_object(Bucket=runs, Key=f"allowed/model-a/{path}", Body=body)
+    stack = s3_stack(s3_import_prefixes=f"s3://{runs}/allowed/")
+    api, account, key = stack.account()
+    target = ["--base-url", stack.server.base_url, "--api-key", key, "--account", account]
+
+    pushed = weightport_cli(
+        "models", "push", f"s3://{runs}/allowed/model-a", "--model", "imported", *target, env={}
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert "READY (imported from s3://" in pushed.stdout
+    body = api.download_urls("imported")
+    assert body["filenameToSha256"] == {p: sha(d) for p, d in files.items()}
+    assert {p: httpx.get(u).content for p, u in body["filenameToSignedUrls"].items()} == files
+    for data in files.values():
+        assert f"blobs/{sha(data)}" in stack.keys("blobs/")
+
+    # The store's own bucket (every account's blobs) and anything else outside the allowed
+    # prefixes is refused, in one line.
+    for uri in (f"s3://{seaweedfs.bucket}/{stack.prefix}blobs", f"s3://{runs}/other"):
+        refused = weightport_cli("models", "push", uri, "--model", "nope", *target, env={})
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines()[-1] == (
+            f"Error: HTTP 400: {S3Location.parse(uri)} is not under an import prefix this "
+            "server allows"
+        )
+
+
+def test_imports_over_http_are_off_unless_prefixes_are_set(
+    s3_stack: Callable[..., S3Stack],
+) -> None:
+    stack = s3_stack()
+    api, _, _ = stack.account()
+    assert api.create("m", kind="CUSTOM_MODEL").status_code == 200
+    answer = api.http.post(f"{api.base}/m:import", json={"awsS3Source": {"s3Uri": "s3://x/y"}})
+    assert answer.status_code == 400
+    assert answer.json()["code"] == 9
+    assert "s3_import_prefixes is empty" in answer.json()["message"]

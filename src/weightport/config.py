@@ -55,6 +55,10 @@ class Settings:
     #: Largest object written by one PUT or copied by one CopyObject (AWS: 5 GiB). Larger
     #: uploads go through weightport as a multipart upload; larger copies use UploadPartCopy.
     s3_max_put_size: int = 5 << 30
+    #: S3 folders ``:import`` (``weightport models push s3://…``) may read, comma-separated
+    #: ``s3://BUCKET/PREFIX``; empty: imports over HTTP are off. (The server reads with its
+    #: own credentials, which also reach the store: never list the store's own prefix.)
+    s3_import_prefixes: str = ""
     #: Staging objects (direct uploads never validated, interrupted writes) older than this
     #: many seconds are removed by the sweep.
     staging_max_age: int = 86400

@@ -15,6 +15,7 @@ from weightport.cli.options import client_options
 from weightport.client.push import ModelPusher, PushTarget, describe_files
 from weightport.client.sources import resolve_api
 from weightport.ingest import directory_files
+from weightport.storage.factory import is_s3_url
 
 
 @click.group("models")
@@ -23,7 +24,7 @@ def models_group() -> None:
 
 
 @models_group.command("push")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source")
 @click.option("--model", "model_id", required=True, help="Model id to create.")
 @click.option(
     "--kind",
@@ -37,7 +38,7 @@ def models_group() -> None:
 @client_options(account=True)
 @reports_failures
 def push(
-    directory: Path,
+    source: str,
     model_id: str,
     kind: str,
     display_name: str,
@@ -47,26 +48,39 @@ def push(
     api_key: str | None,
     account: str | None,
 ) -> None:
-    """Upload DIRECTORY as a new model: create, upload every file, validate → READY.
+    """Upload SOURCE as a new model: create, upload every file, validate → READY.
 
-    Every file's sha256 is declared before upload and checked on the server after
-    validation: the command succeeds only if the model holds exactly these bytes.
-    Re-running after an interruption resumes: files that already landed with the same
-    sha256 are skipped, other bytes under their names are replaced. Re-running after
-    success succeeds again without uploading.
+    SOURCE is a local directory: every file's sha256 is declared before upload and checked
+    on the server after validation, so the command succeeds only if the model holds exactly
+    these bytes. Re-running after an interruption resumes: files that already landed with
+    the same sha256 are skipped, other bytes under their names are replaced. Re-running
+    after success succeeds again without uploading.
+
+    SOURCE may also be s3://BUCKET/PREFIX: the server then imports that folder in place
+    (hashed and copied inside the object store; the server must list the prefix in its
+    s3_import_prefixes).
     """
     api = resolve_api("fireworks", base_url=base_url, api_key=api_key, account=account)
+    target = PushTarget(api.base_url, api.api_key, api.account, model_id)
+    pusher = ModelPusher(target, parallel=parallel)
+    fields: dict[str, Any] = {"kind": kind, "displayName": display_name}
+    if is_s3_url(source):
+        pusher.ensure_model(fields)
+        model = pusher.import_s3(source)
+        for warning in pusher.validate():
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"{model.get('name', model_id)} READY (imported from {source})")
+        return
+    directory = Path(source)
     try:
         files = directory_files(directory)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
     if not files:
         raise click.ClickException(f"{directory} has no files to push")
-    target = PushTarget(api.base_url, api.api_key, api.account, model_id)
-    pusher = ModelPusher(target, parallel=parallel)
     total = sum(p.stat().st_size for p in files.values())
     # Reach the server before hashing: a wrong URL or key fails at once, not after an hour.
-    pusher.ensure_model({"kind": kind, "displayName": display_name})
+    pusher.ensure_model(fields)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

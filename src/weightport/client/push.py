@@ -237,6 +237,15 @@ class ModelPusher:
         with ThreadPoolExecutor(self.parallel) as pool:
             return sum(pool.map(put, sorted(urls)))
 
+    def import_s3(self, uri: str) -> dict[str, Any]:
+        """Ask the server to import an S3 folder into the model in place (``:import``);
+        returns the model."""
+        operation = self.api(
+            "POST", self.target.model_url("import"), {"awsS3Source": {"s3Uri": uri}}
+        )
+        model: dict[str, Any] = operation.get("response") or {}
+        return model
+
     def validate(self, *, attempts: int = 3) -> list[str]:
         """Call validateUpload until READY (the server may still be landing files).
 

@@ -27,6 +27,7 @@ from weightport.errors import (
 from weightport.server.blobs import signed_download_url, upload_url
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
+from weightport.server.fireworks_import import import_model
 from weightport.server.fireworks_resources import (
     MODEL_FIELDS,
     apply_read_mask,
@@ -92,6 +93,7 @@ async def dispatch(request: web.Request) -> web.Response:
         ("POST", "getUploadEndpoint"): get_upload_endpoint,
         ("GET", "validateUpload"): validate_upload,
         ("POST", "prepare"): prepare,
+        ("POST", "import"): import_model,
     }
     item_handler = handlers.get((request.method, verb))
     if item_handler is None:
