@@ -21,6 +21,7 @@ from bench import (
     downloader_link,
     hub_download,
     merge_stream,
+    s3_download,
 )
 from bench.common import Row, machine_info, markdown_table, write_results
 
@@ -32,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     merge_stream.NAME: lambda quick: merge_stream.run(quick=quick),
     console_pages.NAME: lambda quick: console_pages.run(quick=quick),
     hub_download.NAME: lambda quick: hub_download.run(quick=quick),
+    s3_download.NAME: lambda quick: s3_download.run(quick=quick),
 }
 
 
