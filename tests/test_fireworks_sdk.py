@@ -100,7 +100,10 @@ def test_sync_client_full_lifecycle(stack_server: LiveServer, account: tuple[str
         assert body.status_code == 200
         assert body.content == files[path]
         digest = hashlib.sha256(files[path]).hexdigest()
-        assert body.headers["etag"] == f'"{digest}"'
+        if url.startswith(stack_server.base_url):
+            # weightport's own route; the scaled stack hands out the store's presigned URLs,
+            # whose ETag is the store's.
+            assert body.headers["etag"] == f'"{digest}"'
         assert extras["filenameToSha256"][path] == digest
         assert extras["filenameToSize"][path] == str(len(files[path]))
 

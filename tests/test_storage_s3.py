@@ -139,10 +139,14 @@ def test_presigned_put_then_commit_staged(s3_store: S3BlobStore) -> None:
     info = s3_store.commit_staged("m/1/file", expected_size=len(PAYLOAD))
     assert info.key == sha(PAYLOAD)
     assert read(s3_store, info.key, 0, info.size) == PAYLOAD
+    # The staged object stays until the caller has recorded the blob, then goes.
+    assert s3_store.staged_size("m/1/file") == len(PAYLOAD)
+    s3_store.discard_staged("m/1/file")
     assert s3_store.staged_size("m/1/file") is None
     # The same bytes staged again are kept once.
     httpx.put(s3_store.presign_put("m/2/file", expires_in=60), content=PAYLOAD)
     assert s3_store.commit_staged("m/2/file", expected_size=len(PAYLOAD)) == info
+    s3_store.discard_staged("m/2/file")
     assert keys_under(s3_store, "") == [f"blobs/{info.key}"]
 
 
@@ -211,3 +215,12 @@ def test_location_parse(url: str, bucket: str, prefix: str) -> None:
 def test_location_parse_refuses(url: str) -> None:
     with pytest.raises(InvalidArgument, match="storage_url"):
         S3Location.parse(url)
+
+
+def test_part_size_fits_the_part_limit_for_declared_sizes() -> None:
+    assert s3_upload.part_size(None) == s3_upload.PART_BYTES
+    assert s3_upload.part_size(1 << 30) == s3_upload.PART_BYTES
+    for size in (100 << 30, 1 << 40, (5 << 40) - 1):
+        part = s3_upload.part_size(size)
+        assert part % (1 << 20) == 0
+        assert -(-size // part) <= 10_000

@@ -188,8 +188,9 @@ async def upload(request: web.Request) -> web.Response:
     _check_declared_length(request, size)
     await send_continue(request)
 
-    # A URL minted for a declared sha256 stores nothing but those bytes.
-    upload = ctx.store.begin_upload(expected_sha256=bound.get("sha256"))
+    # A URL minted for a declared sha256 stores nothing but those bytes; the declared size
+    # lets an object store pick parts that fit S3's 10,000-part limit.
+    upload = ctx.store.begin_upload(expected_sha256=bound.get("sha256"), expected_size=size)
     try:
         pending = bytearray()
         async for chunk in request.content.iter_chunked(UPLOAD_BUFFER):

@@ -28,11 +28,23 @@ if TYPE_CHECKING:
 IN_MEMORY_BYTES = 8 << 20
 #: Part size of the multipart upload larger ones become (S3's minimum is 5 MiB).
 PART_BYTES = 8 << 20
+#: S3 allows 10,000 parts per upload; a declared size picks parts large enough to fit in
+#: these (so 8 MiB parts do not cap a file at 78 GiB). Without one, uploads are limited to
+#: MAX_PARTS × PART_BYTES.
+MAX_PARTS = 9_000
 #: Parts in flight per upload (memory: about PART_BYTES each).
 PARTS_IN_FLIGHT = 4
 TEMP_PREFIX = "tmp/"
 #: What obstore raises: its own errors, and built-in ``FileNotFoundError``/``ValueError``.
 OBSTORE_ERRORS = (obstore.exceptions.BaseError, OSError, ValueError)
+
+
+def part_size(expected_size: int | None) -> int:
+    """The multipart part size for an upload of ``expected_size`` bytes (if known)."""
+    if expected_size is None:
+        return PART_BYTES
+    needed = -(-expected_size // MAX_PARTS)
+    return max(PART_BYTES, -(-needed // (1 << 20)) << 20)  # whole MiB
 
 
 class S3Upload:
@@ -78,7 +90,7 @@ class S3Upload:
                 self._writer = obstore.open_writer(
                     self._store.objects,
                     self.temp_name,
-                    buffer_size=PART_BYTES,
+                    buffer_size=part_size(self._expected_size),
                     max_concurrency=PARTS_IN_FLIGHT,
                 )
                 if self._pending:
