@@ -331,7 +331,11 @@ def test_cached_archives_are_served_by_redirect_to_the_store(
         assert redirect.status_code == 302
         location = redirect.headers["location"]
         assert location.startswith(f"{stack.public.base_url}/{stack.weed.bucket}/{stack.prefix}")
-        cached = httpx.get(location).content
+        stored = httpx.get(location)
+        cached = stored.content
+        # Named for browsers (the console links here too); Python clients ignore it.
+        assert stored.headers["content-disposition"].startswith('attachment; filename="')
+        assert stored.headers["content-disposition"].endswith('-adapter.tar.zst"')
         assert client.head(query).status_code == 200  # HEAD is answered here
     assert archive_files(cached)  # a real archive
 

@@ -124,6 +124,16 @@ def test_presigned_get_serves_ranges_but_not_head(s3_store: S3BlobStore) -> None
     assert httpx.get(tampered).status_code == 403
 
 
+def test_presigned_get_can_name_the_file_for_browsers(s3_store: S3BlobStore) -> None:
+    info = put(s3_store, PAYLOAD)
+    disposition = 'attachment; filename="config.json"'
+    url = s3_store.presign_get(info.key, expires_in=60, disposition=disposition)
+    answer = httpx.get(url, headers={"Range": "bytes=0-9"})
+    assert answer.status_code == 206 and answer.content == PAYLOAD[:10]
+    assert answer.headers["content-disposition"] == disposition
+    assert httpx.get(url.replace("config.json", "other.bin")).status_code == 403  # signed
+
+
 def test_presign_expiry_is_clamped_to_seven_days(s3_store: S3BlobStore) -> None:
     info = put(s3_store, b"x")
     url = s3_store.presign_get(info.key, expires_in=30 * 24 * 3600)

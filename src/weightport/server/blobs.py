@@ -20,7 +20,7 @@ from weightport.catalog import registry, uploads
 from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
 from weightport.paths import validate_relative_path
-from weightport.server.byteserve import Entity, blob_body, serve_entity
+from weightport.server.byteserve import Entity, blob_body, content_disposition, serve_entity
 from weightport.server.context import ServerContext, context_of
 from weightport.server.protocol import defer_continue, send_continue
 from weightport.services.staged_uploads import StagedFile as DeclaredFile
@@ -62,7 +62,13 @@ def signed_file_url(
 
 
 def signed_download_url(
-    ctx: ServerContext, base: str, model: Model, file: ModelFile, *, minted_by: str
+    ctx: ServerContext,
+    base: str,
+    model: Model,
+    file: ModelFile,
+    *,
+    minted_by: str,
+    for_browser: bool = False,
 ) -> str:
     """Where a client GETs a landed file of a READY model.
 
@@ -71,12 +77,16 @@ def signed_download_url(
     reach it), so it lives only ``s3_presign_ttl``. Otherwise this route's signed URL, bound
     to the file's sha256 (so it can never serve other bytes) and to the API key id
     ``minted_by`` (revoking that key revokes the URL), valid for ``download_url_ttl``.
+    ``for_browser``: a store URL also names the file to save (weightport's route always does).
     """
     if file.sha256 is None:
         raise FailedPrecondition(f"{file.path!r} has not been uploaded")
     presigner = ctx.presigner()
     if presigner is not None:
-        return presigner.presign_get(file.sha256, expires_in=ctx.settings.s3_presign_ttl)
+        disposition = content_disposition(posixpath.basename(file.path)) if for_browser else None
+        return presigner.presign_get(
+            file.sha256, expires_in=ctx.settings.s3_presign_ttl, disposition=disposition
+        )
     return signed_file_url(
         ctx,
         base,

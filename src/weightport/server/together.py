@@ -15,7 +15,14 @@ from weightport.archive import stored_archive
 from weightport.catalog import finetunes
 from weightport.catalog.schema import FineTune
 from weightport.errors import InvalidArgument
-from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
+from weightport.server.byteserve import (
+    Entity,
+    LocalFile,
+    SourceBody,
+    blob_body,
+    content_disposition,
+    serve_entity,
+)
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticated_account
@@ -111,7 +118,11 @@ async def serve_archive(
             # The cached archive is one immutable object in the store: send the client
             # there. Every Together client follows a 302 and keeps its Range header (checked
             # with the SDK and the CLI); HEAD stays here, since a GET-signed URL refuses it.
-            url = presigner.presign_get(build.blob_sha256, expires_in=ctx.settings.s3_presign_ttl)
+            url = presigner.presign_get(
+                build.blob_sha256,
+                expires_in=ctx.settings.s3_presign_ttl,
+                disposition=content_disposition(filename),
+            )
             return web.Response(status=302, headers={"Location": url, "Cache-Control": "no-store"})
         entity = Entity(
             size=build.size,

@@ -112,8 +112,10 @@ class Presigner(Protocol):
     Such a URL cannot be revoked before it expires: callers keep lifetimes short.
     """
 
-    def presign_get(self, key: str, *, expires_in: int) -> str:
-        """A URL that GETs the blob ``key`` (with Range) for ``expires_in`` seconds."""
+    def presign_get(self, key: str, *, expires_in: int, disposition: str | None = None) -> str:
+        """A URL that GETs the blob ``key`` (with Range) for ``expires_in`` seconds; the
+        answer carries ``Content-Disposition: disposition`` when given (a browser's file
+        name)."""
         ...
 
     def presign_put(self, name: str, *, expires_in: int) -> str:

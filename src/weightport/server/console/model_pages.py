@@ -133,7 +133,9 @@ async def file_download(request: web.Request, who: SignedIn) -> web.StreamRespon
     if file is None:
         raise NotFound(f"Model {model_id} has no file {path!r}.")
     # Bound to the key the session was opened with: revoking it revokes this URL too.
-    url = signed_download_url(ctx, ctx.public_base(request), model, file, minted_by=who.key_id)
+    url = signed_download_url(
+        ctx, ctx.public_base(request), model, file, minted_by=who.key_id, for_browser=True
+    )
     raise web.HTTPFound(url)
 
 
