@@ -461,3 +461,27 @@ def test_imports_over_http_are_off_unless_prefixes_are_set(
     assert answer.status_code == 400
     assert answer.json()["code"] == 9
     assert "s3_import_prefixes is empty" in answer.json()["message"]
+
+
+def test_a_declared_sha256_decides_what_lands_from_staging(
+    s3_stack: Callable[..., S3Stack],
+) -> None:
+    stack = s3_stack()
+    api, _, _ = stack.account()
+    assert api.create("m", kind="CUSTOM_MODEL").status_code == 200
+    good, other = b"declared bytes", b"imposter bytes"
+    declared = api.http.post(
+        f"{api.base}/m:getUploadEndpoint",
+        json={"filenameToSize": {"w.bin": len(good)}, "filenameToSha256": {"w.bin": sha(good)}},
+    )
+    (url,) = declared.json()["filenameToSignedUrls"].values()
+    assert url.startswith(stack.public.base_url)  # presigned: the store cannot check the hash
+    assert httpx.put(url, content=other).status_code == 200
+    refused = api.validate("m")
+    assert refused.status_code == 400
+    assert f"but {sha(good)} was declared" in refused.json()["message"]
+    assert stack.keys("staging/") == []  # dropped: the next poll does not hash them again
+    assert api.http.get(f"{api.base}/m").json()["state"] == "UPLOADING"
+    assert httpx.put(url, content=good).status_code == 200
+    assert api.validate("m").status_code == 200
+    assert api.download_urls("m")["filenameToSha256"] == {"w.bin": sha(good)}
