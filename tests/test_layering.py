@@ -2,7 +2,8 @@
 
 Layers, lowest first (a unit is a subpackage or a top-level module of ``weightport``):
 
-0. ``errors``, ``paths``, ``ranges``, ``config``, ``signing`` and the package itself
+0. ``errors``, ``paths``, ``ranges``, ``config``, ``signing``, ``observability`` (metrics and
+   log formats, which every layer records into) and the package itself
 1. ``storage``, ``catalog``
 2. ``archive``, ``merge`` — bytes only through ``storage``'s ``ByteSource``
 3. ``services``, ``ingest``, ``checkpoint_import``, ``demo`` — what server and CLI share
@@ -35,6 +36,7 @@ LAYERS = {
     "ranges": 0,
     "config": 0,
     "signing": 0,
+    "observability": 0,
     "storage": 1,
     "catalog": 1,
     "archive": 2,

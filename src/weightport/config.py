@@ -91,6 +91,27 @@ class Settings:
     #: Seed the demo model and fine-tune on first start.
     seed_demo: bool = False
     log_level: str = "info"
+    #: The access log: one line per request, ``logfmt`` or ``json``; ``off`` writes none.
+    access_log: str = "logfmt"
+    #: Where access lines go: empty for stderr, else this file (appended to).
+    access_log_file: str = ""
+    #: Lowest level of access lines written: ``debug`` adds health probes, ``warning`` keeps
+    #: only 5xx answers.
+    access_log_level: str = "info"
+    #: Serve Prometheus metrics at ``/metrics``.
+    metrics: bool = True
+    #: ``HOST:PORT`` to serve ``/metrics`` on, without a key (bind it to an internal address).
+    #: Empty: ``/metrics`` on the main port, for keys of the admin account only.
+    metrics_listen: str = ""
+    #: Record who downloaded what in the catalog's audit log.
+    audit_log: bool = True
+    #: Days audit records are kept; 0 keeps them for ever.
+    audit_retention_days: int = 90
+    #: Seconds within which one key's requests for one file from one client address count as
+    #: one download (the ranges of a parallel or resumed download).
+    audit_window: int = 300
+    #: Seconds running downloads may take to finish after SIGTERM before they are cut.
+    shutdown_grace: int = 30
 
     @property
     def effective_database_url(self) -> str:
@@ -120,7 +141,38 @@ class Settings:
             raise InvalidArgument("revocation_delay must not be negative")
         if not 1 <= self.archive_level <= 22:
             raise InvalidArgument("archive_level must be between 1 and 22")
+        if self.access_log not in ACCESS_LOG_FORMATS:
+            raise InvalidArgument(
+                f"access_log must be logfmt, json or off, not {self.access_log!r}"
+            )
+        if self.access_log_level.upper() not in LOG_LEVELS:
+            raise InvalidArgument(
+                f"access_log_level must be debug, info, warning or error, "
+                f"not {self.access_log_level!r}"
+            )
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen, "metrics_listen")
+        for name in ("audit_retention_days", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must not be negative")
+        if self.audit_window <= 0:
+            raise InvalidArgument("audit_window must be positive")
         return self
+
+
+ACCESS_LOG_FORMATS = ("logfmt", "json", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_listen(text: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT`` for IPv6) as (host, port); :class:`InvalidArgument`
+    naming the setting ``name`` otherwise."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"{name} must be HOST:PORT (e.g. 127.0.0.1:9700), not {text!r}")
+    return host, int(port)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

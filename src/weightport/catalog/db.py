@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from weightport.catalog.db_errors import translate
+from weightport.observability import metrics
 
 T = TypeVar("T")
 
@@ -81,6 +82,7 @@ class Catalog:
                 return fn(session)
         except DBAPIError as exc:
             translated = translate(exc)
+            metrics.ERRORS.labels("catalog", translated.code if translated else "internal").inc()
             if translated is None:
                 raise
             raise translated from exc

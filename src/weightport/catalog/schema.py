@@ -246,5 +246,39 @@ class ArchiveBuild(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AuditRecord(Base):
+    """One download in the audit log: who (account, key, client) got what, when, how much.
+
+    ``action`` is ``urls`` for an API call that handed out signed URLs and ``download`` for
+    bytes served. Requests with the same ``coalesce_key`` (the same key, client address,
+    action and file) within the ``audit_window`` of the record's last activity add to it, so
+    the ranges of one parallel or resumed download make one record. No foreign keys: records
+    outlive the keys and accounts they name, until retention removes them.
+    """
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    coalesce_key: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    account_id: Mapped[str] = mapped_column(String(63))
+    key_id: Mapped[str] = mapped_column(String(32))
+    #: ``accounts/A/models/M`` or a fine-tune id (``ft-…``).
+    resource: Mapped[str] = mapped_column(String(512))
+    #: A fine-tune's checkpoint step; empty for models.
+    revision: Mapped[str] = mapped_column(String(64), default="")
+    #: ``file`` (a model's file), ``merged``, ``adapter`` or ``model`` (fine-tune archives).
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The file's path or the archive's name; empty when URLs for a whole model were handed out.
+    file: Mapped[str] = mapped_column(String(1024), default="")
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    client: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(512), default="")
+    first_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 Index("ix_models_account_created", Model.account_id, Model.created_at)
+Index("ix_audit_records_account_first", AuditRecord.account_id, AuditRecord.first_at)
 Index("ix_fine_tunes_account_created", FineTune.account_id, FineTune.created_at)

@@ -22,9 +22,12 @@ from weightport.cli.banner import ServeFacts, banner, weightport_command
 from weightport.cli.catalog import settings_from
 from weightport.cli.options import data_options
 from weightport.client.sources import DEFAULT_ACCOUNT
+from weightport.config import parse_listen
 from weightport.ingest import register_model
+from weightport.server import metrics_endpoint
 from weightport.server.app import build_context, create_app
 from weightport.server.context import ServerContext
+from weightport.server.observe import configure_access_log
 
 
 def bootstrap_admin(ctx: ServerContext) -> str | None:
@@ -102,15 +105,26 @@ def _seed_demo_model(ctx: ServerContext) -> None:
     )
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or one line saying why not and what to change.
+#: What to change when the main address cannot be bound.
+_MAIN_HINTS = (
+    "check --host / WEIGHTPORT_HOST",
+    "choose another port with --port N or WEIGHTPORT_PORT=N (0 picks a free one)",
+)
+_METRICS_HINTS = (
+    "check the host of metrics_listen / WEIGHTPORT_METRICS_LISTEN",
+    "choose another port in metrics_listen / WEIGHTPORT_METRICS_LISTEN (HOST:0 picks a free one)",
+)
+
+
+def listen(host: str, port: int, hints: tuple[str, str] = _MAIN_HINTS) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not and what to change
+    (``hints``: what to check about the host, how to choose another port).
 
     Bound before anything else happens, so a taken port fails at once, not after the
     catalog was opened and the demo seeded.
     """
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    check_host = "check --host / WEIGHTPORT_HOST"
-    other_port = "choose another port with --port N or WEIGHTPORT_PORT=N (0 picks a free one)"
+    check_host, other_port = hints
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
@@ -159,10 +173,16 @@ def serve_command(
         database_url=database_url,
     )
     sock = listen(settings.host, settings.port)
+    metrics_sock = (
+        listen(*parse_listen(settings.metrics_listen, "metrics_listen"), _METRICS_HINTS)
+        if settings.metrics and settings.metrics_listen
+        else None
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_access_log(settings)
     ctx = build_context(settings)
     key = bootstrap_admin(ctx)
     ft_id = seed_demo(ctx) if settings.seed_demo else None
@@ -182,10 +202,14 @@ def serve_command(
 
     # The standard asyncio loop keeps sendfile; measured, aiohttp on uvloop loses it and
     # serves files at ~1 GB/s instead of ~2.9 GB/s.
+    app = create_app(ctx)
+    if metrics_sock is not None:
+        metrics_endpoint.serve_on(app, metrics_sock)
     web.run_app(
-        create_app(ctx),
+        app,
         sock=sock,
         print=announce,
-        access_log=None,
+        access_log=None,  # weightport writes its own (weightport.server.observe)
+        shutdown_timeout=settings.shutdown_grace,
         loop=asyncio.new_event_loop(),
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -39,6 +40,7 @@ from weightport.merge.tensor import (
     storage_dtype,
     to_float32,
 )
+from weightport.observability import metrics
 from weightport.storage.base import ByteSource
 
 __all__ = ["DELTA_CACHE_BYTES", "MergeSummary", "MergedShard", "merged_files", "validate_merge"]
@@ -219,6 +221,7 @@ class MergedShard:
 
     def _merge_into(self, target: LoraTarget, r0: int, r1: int, dest: memoryview) -> None:
         """Merged rows ``[r0, r1)`` of ``target`` into ``dest`` (exactly their bytes)."""
+        started = time.perf_counter()
         t = target.base
         cols = t.shape[1]
         rows = np.frombuffer(dest, dtype=storage_dtype(t.dtype)).reshape(r1 - r0, cols)
@@ -229,6 +232,8 @@ class MergedShard:
             delta.merge_rows(rows, r0, out=rows)
         else:
             delta.merge_rows(self._adapter_rows(src, t, r0, r1), r0, out=rows)
+        metrics.MERGE_SECONDS.inc(time.perf_counter() - started)
+        metrics.MERGE_BYTES.inc(len(dest))
 
     def _adapter_rows(
         self, src: TensorInfo, t: TensorInfo, r0: int, r1: int

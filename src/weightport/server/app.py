@@ -13,12 +13,23 @@ from weightport.catalog.db import Catalog
 from weightport.catalog.schema import FineTune
 from weightport.config import Settings
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
-from weightport.server import blobs, console, finetune_admin, fireworks, together
+from weightport.server import (
+    audit_api,
+    blobs,
+    console,
+    finetune_admin,
+    fireworks,
+    metrics_endpoint,
+    together,
+)
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.server.hub import routes as hub_routes
+from weightport.server.observe import note_error, observe_middleware
 from weightport.server.protocol import http_version_middleware, install_malformed_request_log
+from weightport.server.shutdown import report_stops
 from weightport.services.archive_builds import ArchiveBuilder
+from weightport.services.audit import AuditLog
 from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
 from weightport.storage.factory import open_store
@@ -48,17 +59,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 500:
             # A server-side condition (disk full, busy database): one line for the operator.
             log.warning("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
-        return error_response(exc, dialect)
+        error = exc
     except web.HTTPException as exc:
         translated = _translate_http(exc)
         if translated is None:
             raise
-        return error_response(translated, dialect)
+        error = translated
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
-        return error_response(WeightportError("internal error; see the server log"), dialect)
+        error = WeightportError("internal error; see the server log")
+    note_error(request, error)
+    return error_response(error, dialect)
 
 
 def build_context(settings: Settings) -> ServerContext:
@@ -75,6 +88,13 @@ def build_context(settings: Settings) -> ServerContext:
         catalog, store, level=settings.archive_level, threads=settings.archive_threads
     )
     builder.recover()
+    audit = (
+        AuditLog(
+            catalog, window=settings.audit_window, retention_days=settings.audit_retention_days
+        )
+        if settings.audit_log
+        else None
+    )
     return ServerContext(
         settings=settings,
         catalog=catalog,
@@ -82,6 +102,7 @@ def build_context(settings: Settings) -> ServerContext:
         signer=UrlSigner(keys),
         builder=builder,
         key_status=KeyStatusCache(catalog, settings.revocation_delay),
+        audit=audit,
     )
 
 
@@ -97,13 +118,16 @@ def _prebuild_all(ctx: ServerContext) -> None:
 def create_app(ctx: ServerContext) -> web.Application:
     install_malformed_request_log()
     app = web.Application(
-        middlewares=[http_version_middleware, error_middleware], client_max_size=1024**2 * 4
+        middlewares=[observe_middleware, http_version_middleware, error_middleware],
+        client_max_size=1024**2 * 4,
     )
     app[CONTEXT] = ctx
     fireworks.add_routes(app)
     blobs.add_routes(app)
     together.add_routes(app)
     finetune_admin.add_routes(app)
+    audit_api.add_routes(app)
+    metrics_endpoint.add_routes(app, ctx.settings)
     console.add_routes(app)
     hub_routes.add_routes(app)
 
@@ -112,11 +136,20 @@ def create_app(ctx: ServerContext) -> web.Application:
         if ctx.settings.archive_prebuild:
             await asyncio.to_thread(_prebuild_all, ctx)
 
+    async def start_audit(_app: web.Application) -> None:
+        if ctx.audit is not None:
+            ctx.audit.start()
+
     async def close(_app: web.Application) -> None:
+        # After the last response: the audit log's final batch has every byte they sent.
+        if ctx.audit is not None:
+            await asyncio.to_thread(ctx.audit.close)
         ctx.builder.close()
         ctx.read_ahead.close()
         ctx.catalog.close()
 
+    report_stops(app, ctx)
+    app.on_startup.append(start_audit)
     app.on_startup.append(prebuild)
     app.on_cleanup.append(close)
     return app

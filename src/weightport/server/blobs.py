@@ -17,12 +17,17 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry, uploads
+from weightport.catalog.accounts import Caller
+from weightport.catalog.audit import Subject
 from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
+from weightport.observability.metrics import BytePath
 from weightport.paths import validate_relative_path
 from weightport.server.byteserve import Entity, blob_body, content_disposition, serve_entity
 from weightport.server.context import ServerContext, context_of
 from weightport.server.protocol import defer_continue, send_continue
+from weightport.server.requests import CALLER
+from weightport.server.transfers import Download
 from weightport.services.staged_uploads import StagedFile as DeclaredFile
 from weightport.storage.base import StagedUploads
 
@@ -162,6 +167,8 @@ async def _verify(request: web.Request, method: str) -> dict[str, str]:
             "signed URL: it names no API key (minted by an older weightport); request a fresh one"
         )
     await ctx.key_status.require_active(minted_by)
+    # The key that minted the URL speaks for this request (the access and audit logs).
+    request[CALLER] = Caller(account_id=account, key_id=minted_by)
     return dict(bound)
 
 
@@ -182,7 +189,14 @@ async def download(request: web.Request) -> web.StreamResponse:
     size = await ctx.catalog.run(find)
     entity = Entity(size=size, etag=sha256, filename=posixpath.basename(path))
     body = blob_body(ctx.store, sha256, size)
-    return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
+    subject = Subject(account, registry.resource_name(account, model_id), "file", file=path)
+    return await serve_entity(
+        request,
+        entity,
+        body,
+        max_ranges=ctx.settings.max_ranges,
+        download=Download(BytePath.FILE, subject),
+    )
 
 
 async def upload(request: web.Request) -> web.Response:

@@ -116,10 +116,14 @@ class ChunkPump:
         source: ByteSource,
         segments: Sequence[Segment],
         pool: ReadAheadPool | None = None,
+        *,
+        counter: Callable[[int], None] | None = None,
     ) -> None:
+        """``counter`` is told the size of every piece once the response has taken it."""
         self._source = source
         self._pool = pool
         self._depth = 1 if pool is None else pool.window
+        self._counter = counter
         total = sum(s.length for s in segments if isinstance(s, ByteRange))
         self._ring = _BufferRing(max(1, min(CHUNK_SIZE, total)), self._depth + 2, pool)
         self._items = _reads(segments, CHUNK_SIZE)
@@ -191,6 +195,8 @@ class ChunkPump:
     async def _write(self, response: web.StreamResponse, data: bytes | memoryview) -> None:
         await response.write(data)
         self._ring.output += len(data)
+        if self._counter is not None:
+            self._counter(len(data))
 
     def abandon(self, then: Callable[[], object] | None = None) -> None:
         """Stop: drop the reads not started, give the buffers back, and call ``then()`` once

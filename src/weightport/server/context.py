@@ -11,12 +11,23 @@ from weightport.catalog.db import Catalog
 from weightport.config import Settings
 from weightport.server.read_ahead import ReadAheadPool
 from weightport.services.archive_builds import ArchiveBuilder
+from weightport.services.audit import AuditLog
 from weightport.services.finetune_archives import PlanCache
 from weightport.services.hub.files import RevisionFilesCache
 from weightport.services.key_status import KeyStatusCache
 from weightport.services.staged_uploads import StagedLanding
 from weightport.signing import UrlSigner
 from weightport.storage.base import BlobStore, Presigner
+
+
+@dataclass
+class DownloadTally:
+    """Download bodies being sent now, and how many were cut short while stopping (touched
+    only on the event loop)."""
+
+    sending: int = 0
+    cut_while_stopping: int = 0
+    stopping: bool = False
 
 
 @dataclass
@@ -31,6 +42,9 @@ class ServerContext:
     read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
     hub_files: RevisionFilesCache = field(default_factory=RevisionFilesCache)
     staged: StagedLanding = field(default_factory=StagedLanding)
+    #: The download audit log; None when the ``audit_log`` setting is off.
+    audit: AuditLog | None = None
+    downloads: DownloadTally = field(default_factory=DownloadTally)
 
     def presigner(self) -> Presigner | None:
         """The store, when clients should talk to it directly: it presigns its own URLs and

@@ -24,7 +24,13 @@ class Dialect(Enum):
     HUB = "hub"
 
 
-TOGETHER_PREFIXES = ("/v1/fine-tunes", "/v1/finetune", "/v3/", "/v1/whoami", "/weightport/v1/")
+TOGETHER_PREFIXES = (
+    "/v1/fine-tunes",
+    "/v1/finetune",
+    "/v3/",
+    "/v1/whoami",
+    "/weightport/v1/fine-tunes",
+)
 
 
 def dialect_for(path: str) -> Dialect:

@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry, uploads
+from weightport.catalog.audit import Subject
 from weightport.catalog.schema import Model
 from weightport.errors import (
     FailedPrecondition,
@@ -34,6 +35,7 @@ from weightport.server.fireworks_resources import (
     model_json,
     parse_read_mask,
 )
+from weightport.server.observe import name_route
 from weightport.server.requests import (
     authenticated_account,
     caller_of,
@@ -41,6 +43,7 @@ from weightport.server.requests import (
     query_bool,
     query_int,
 )
+from weightport.server.transfers import record_grant
 from weightport.services.staged_uploads import StagedFile, land_staged, staging_name
 from weightport.storage.base import StagedUploads
 
@@ -69,8 +72,21 @@ def _split(request: web.Request) -> tuple[str, str | None, str | None]:
     return account, model_id, unquote(verb) or None
 
 
+VERBS = frozenset({"getDownloadEndpoint", "getUploadEndpoint", "validateUpload", "prepare"})
+COLLECTION_ROUTE = "/v1/accounts/{account}/models"
+
+
+def _route_template(model_id: str | None, verb: str | None) -> str:
+    """The route template for logs and metrics: ids left out, unknown verbs folded into one."""
+    if model_id is None:
+        return COLLECTION_ROUTE
+    suffix = "" if verb is None else f":{verb}" if verb in VERBS else ":{verb}"
+    return f"{COLLECTION_ROUTE}/{{model}}{suffix}"
+
+
 async def dispatch(request: web.Request) -> web.Response:
     account, model_id, verb = _split(request)
+    name_route(request, _route_template(model_id, verb))
     caller = await authenticated_account(request)
     if caller != account:
         # Another account's resources are indistinguishable from missing ones.
@@ -291,6 +307,7 @@ async def get_download_endpoint(request: web.Request, account: str, model_id: st
     base = ctx.public_base(request)
     minted_by = caller_of(request).key_id
     landed = [f for f in model.files if f.sha256 is not None]
+    record_grant(request, Subject(account, registry.resource_name(account, model_id), "file"))
     body = {
         "filenameToSignedUrls": {
             f.path: signed_download_url(ctx, base, model, f, minted_by=minted_by) for f in landed

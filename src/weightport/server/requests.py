@@ -13,6 +13,7 @@ from weightport.errors import (
     InvalidArgument,
     InvalidCredentials,
     PayloadTooLarge,
+    PermissionDenied,
     Unauthenticated,
 )
 from weightport.server.context import context_of
@@ -38,6 +39,18 @@ async def authenticate(request: web.Request) -> accounts.Caller:
     ctx = context_of(request)
     caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret))
     request[CALLER] = caller
+    return caller
+
+
+async def authenticate_admin(request: web.Request, what: str) -> accounts.Caller:
+    """The caller, if its key belongs to the admin account; :class:`PermissionDenied` (403)
+    naming ``what`` it may not read otherwise."""
+    caller = await authenticate(request)
+    if caller.account_id != accounts.ADMIN_ACCOUNT:
+        raise PermissionDenied(
+            f"only keys of the {accounts.ADMIN_ACCOUNT!r} account may read {what}; this key "
+            f"belongs to {caller.account_id!r}"
+        )
     return caller
 
 

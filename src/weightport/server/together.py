@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 
 from weightport.archive import stored_archive
 from weightport.catalog import finetunes
+from weightport.catalog.audit import Subject
 from weightport.catalog.schema import FineTune
 from weightport.errors import InvalidArgument
+from weightport.observability.metrics import BytePath
 from weightport.server.byteserve import (
     Entity,
     LocalFile,
@@ -26,6 +28,7 @@ from weightport.server.byteserve import (
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticated_account
+from weightport.server.transfers import Download, record_grant
 from weightport.services.archive_builds import BuildTarget, archive_builds_of, usable_build
 from weightport.services.finetune_archives import MERGED, Selection, select_artifact
 from weightport.services.together_resources import (
@@ -112,9 +115,17 @@ async def serve_archive(
         encoding,
         None if encoding == "stored" else await asyncio.to_thread(ctx.builder.ready, plan.digest),
     )
+    subject = Subject(
+        job.account_id,
+        job.id,
+        selection.artifact,
+        revision=str(selection.checkpoint.step),
+        file=filename,
+    )
     if build is not None and build.blob_sha256 and build.size is not None:
         presigner = ctx.presigner()
         if presigner is not None and request.method == "GET":
+            record_grant(request, subject)  # the store serves the bytes
             # The cached archive is one immutable object in the store: send the client
             # there. Every Together client follows a 302 and keeps its Range header (checked
             # with the SDK and the CLI); HEAD stays here, since a GET-signed URL refuses it.
@@ -131,6 +142,7 @@ async def serve_archive(
             filename=filename,
         )
         body: LocalFile | SourceBody = blob_body(ctx.store, build.blob_sha256, build.size)
+        path = BytePath.COMPRESSED_ARCHIVE
     else:
         if encoding == "compressed":
             target = BuildTarget(job.id, selection.checkpoint.step, selection.artifact)
@@ -146,7 +158,14 @@ async def serve_archive(
             filename=filename,
         )
         body = SourceBody(stored, ctx.read_ahead if computed else None)
-    return await serve_entity(request, entity, body, max_ranges=ctx.settings.max_ranges)
+        path = BytePath.MERGED if computed else BytePath.STORED_ARCHIVE
+    return await serve_entity(
+        request,
+        entity,
+        body,
+        max_ranges=ctx.settings.max_ranges,
+        download=Download(path, subject),
+    )
 
 
 def add_routes(app: web.Application) -> None:

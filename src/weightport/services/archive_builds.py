@@ -14,17 +14,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from weightport.archive import ArchivePlan, compress_archive
 from weightport.catalog.db import Catalog
 from weightport.catalog.schema import ArchiveBuild, utcnow
+from weightport.observability import metrics
 from weightport.storage.base import BlobStore
 
 log = logging.getLogger("weightport.archives")
 
 PENDING, BUILDING, READY, FAILED = "pending", "building", "ready", "failed"
+BUILD_STATES = (PENDING, BUILDING, READY, FAILED)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class ArchiveBuilder:
                 last = now
                 self._update(digest, done_bytes=done, total_bytes=total)
 
+        started = time.monotonic()
         try:
             index = compress_archive(
                 plan, upload, level=self.level, threads=self.threads, progress=progress
@@ -137,8 +140,12 @@ class ArchiveBuilder:
         except Exception as exc:
             upload.abort()
             log.exception("archive build %s failed", digest)
+            metrics.count_error(exc)
+            metrics.ARCHIVE_BUILDS_FINISHED.labels("failed").inc()
             self._update(digest, state=FAILED, error=str(exc) or type(exc).__name__)
             return
+        metrics.ARCHIVE_BUILDS_FINISHED.labels("ready").inc()
+        metrics.ARCHIVE_BUILD_SECONDS.observe(time.monotonic() - started)
         self._update(
             digest,
             state=READY,
@@ -150,3 +157,14 @@ class ArchiveBuilder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def builds_by_state(session: Session) -> dict[str, int]:
+    """How many archive builds the catalog holds in each state (every state present)."""
+    rows = session.execute(
+        select(ArchiveBuild.state, func.count()).group_by(ArchiveBuild.state)
+    ).all()
+    counts = dict.fromkeys(BUILD_STATES, 0)
+    for state, count in rows:
+        counts[state] = count
+    return counts

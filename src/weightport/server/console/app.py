@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from weightport.catalog.accounts import Caller
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
 from weightport.server.console import (
     assets,
@@ -24,6 +25,8 @@ from weightport.server.console import (
     render,
     session,
 )
+from weightport.server.observe import note_error
+from weightport.server.requests import CALLER
 
 log = logging.getLogger("weightport.console")
 
@@ -52,6 +55,9 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
     if request.path.startswith(STATIC_PREFIX):
         return await handler(request)
     who = await session.identify(request)
+    if who is not None:
+        # The session's key speaks for the request (the access and audit logs).
+        request[CALLER] = Caller(account_id=who.account_id, key_id=who.key_id)
     if request.method not in SAFE_METHODS:
         if who is None and request.path != session.SIGN_IN_PATH:
             # Nothing here acts without a session; signing in first is the only way on.
@@ -68,8 +74,11 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPRedirection as exc:  # answered here so that its cookies are settled too
         response = web.Response(status=exc.status, headers={"Location": exc.headers["Location"]})
     except web.HTTPException as exc:
-        response = error_page(request, _http_error(exc))
+        error = _http_error(exc)
+        note_error(request, error)
+        response = error_page(request, error)
     except WeightportError as exc:
+        note_error(request, exc)
         response = error_page(request, exc)
     except (ConnectionResetError, TimeoutError):
         raise

@@ -11,12 +11,14 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry
+from weightport.catalog.audit import Subject
 from weightport.catalog.sessions import SignedIn
 from weightport.errors import InvalidArgument, NotFound
 from weightport.server.blobs import signed_download_url
 from weightport.server.console import commands, render
 from weightport.server.console.session import signed_in
 from weightport.server.context import context_of
+from weightport.server.transfers import record_grant
 
 PAGE_SIZE = 50
 STATES = (registry.UPLOADING, registry.READY)
@@ -136,6 +138,8 @@ async def file_download(request: web.Request, who: SignedIn) -> web.StreamRespon
     url = signed_download_url(
         ctx, ctx.public_base(request), model, file, minted_by=who.key_id, for_browser=True
     )
+    resource = registry.resource_name(model.account_id, model.model_id)
+    record_grant(request, Subject(model.account_id, resource, "file", file=path))
     raise web.HTTPFound(url)
 
 
