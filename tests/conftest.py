@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -174,3 +175,37 @@ def server_factory() -> Iterator[Callable[..., LiveServer]]:
     yield make
     for server in started:
         server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs of the test's own, to fill for real (skipped where mounting is refused)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem refuses another byte; returns it (delete to free)."""
+    filler = disk / "filler"
+    block = b"\0" * (1 << 20)
+    with filler.open("wb", buffering=0) as fh:
+        while True:
+            try:
+                fh.write(block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                block = block[: len(block) // 2]
+                if not block:
+                    return filler

@@ -4,55 +4,20 @@ space is freed everything works again."""
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, fill
 from tests.fw_helpers import FireworksApi
 
 #: Creates tried until the catalog meets the full disk (SQLite may first fill WAL space it
 #: already owns); a handful is typical, the bound only stops a broken server from looping.
 MAX_CATALOG_WRITES = 500
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the filesystem refuses another byte; returns it (delete to free)."""
-    filler = disk / "filler"
-    block = b"\0" * (1 << 20)
-    with filler.open("wb", buffering=0) as fh:
-        while True:
-            try:
-                fh.write(block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                block = block[: len(block) // 2]
-                if not block:
-                    return filler
 
 
 def assert_insufficient_storage(response: httpx.Response) -> None:
