@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -223,3 +224,28 @@ def delete_before(session: Session, cutoff: datetime, *, limit: int = 10_000) ->
     if doomed:
         session.execute(delete(AuditRecord).where(AuditRecord.id.in_(doomed)))
     return len(doomed)
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_json(record: AuditRecord) -> dict[str, Any]:
+    """One record as the API and ``weightport audit --json`` show it (64-bit integers as
+    strings, as in Fireworks' JSON)."""
+    return {
+        "id": str(record.id),
+        "action": record.action,
+        "account": record.account_id,
+        "keyId": record.key_id,
+        "resource": record.resource,
+        "revision": record.revision,
+        "kind": record.kind,
+        "file": record.file,
+        "bytes": str(record.bytes),
+        "requests": record.requests,
+        "client": record.client,
+        "userAgent": record.user_agent,
+        "firstTime": _time(record.first_at),
+        "lastTime": _time(record.last_at),
+    }

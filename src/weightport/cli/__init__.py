@@ -1,4 +1,4 @@
-"""The ``weightport`` command: serve, keys, models, finetunes, download.
+"""The ``weightport`` command: serve, keys, models, finetunes, download, audit.
 
 Subcommands are imported when used, so ``weightport download`` never loads the server side
 (aiohttp app, Alembic, the merge) it does not need.
@@ -16,6 +16,7 @@ from weightport.cli.errors import exit_with, failure_of
 
 #: command name -> "module:attribute" of its click command.
 COMMANDS = {
+    "audit": "weightport.cli.audit:audit_command",
     "serve": "weightport.cli.serve:serve_command",
     "keys": "weightport.cli.keys:keys_group",
     "models": "weightport.cli.models:models_group",

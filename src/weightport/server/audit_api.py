@@ -15,37 +15,12 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from weightport.catalog import audit
-from weightport.catalog.schema import AuditRecord
 from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.requests import authenticate_admin, query_int
 
 ROUTE = "/weightport/v1/audit"
 DEFAULT_PAGE_SIZE = 100
-
-
-def _time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def record_json(record: AuditRecord) -> dict[str, Any]:
-    """One record as the API shows it (64-bit integers as strings, as in Fireworks' JSON)."""
-    return {
-        "id": str(record.id),
-        "action": record.action,
-        "account": record.account_id,
-        "keyId": record.key_id,
-        "resource": record.resource,
-        "revision": record.revision,
-        "kind": record.kind,
-        "file": record.file,
-        "bytes": str(record.bytes),
-        "requests": record.requests,
-        "client": record.client,
-        "userAgent": record.user_agent,
-        "firstTime": _time(record.first_at),
-        "lastTime": _time(record.last_at),
-    }
 
 
 def query_of(request: web.Request, now: datetime) -> audit.AuditQuery:
@@ -70,7 +45,7 @@ async def list_audit(request: web.Request) -> web.Response:
     def run(session: Session) -> dict[str, Any]:
         page = audit.list_records(session, query, page_size=page_size, page_token=token)
         return {
-            "auditRecords": [record_json(r) for r in page.records],
+            "auditRecords": [audit.record_json(r) for r in page.records],
             "nextPageToken": page.next_page_token,
             "totalSize": page.total_size,
         }
