@@ -353,10 +353,11 @@ def _open_regular(path: Path, size: int) -> IO[bytes]:
     return fobj
 
 
-#: Largest piece handed to one ``sendfile``: what was sent is counted piece by piece, so a
-#: transfer cancelled mid-way (shutdown's grace over) is counted to within one piece. A
-#: piece costs one more trip through the loop, about 0.2 % of its sending time at 3 GB/s.
-SENDFILE_PIECE = 64 << 20
+#: Largest piece handed to one ``sendfile``. asyncio reports what a ``sendfile`` sent when
+#: it ends or fails, but not when it is cancelled (shutdown's grace over): the bytes sent are
+#: counted piece by piece, so a cancelled transfer is counted to within one piece. A piece
+#: costs one more trip through the event loop (BENCHMARKS.md: no measurable change).
+SENDFILE_PIECE = 16 << 20
 
 
 async def _sendfile(
