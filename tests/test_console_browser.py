@@ -361,12 +361,41 @@ def test_live_archive_build_progress(
     assert full.locator("[data-size]").inner_text() != stored_size
 
 
+def test_the_audit_page_finds_a_download_by_account(
+    live_server: LiveServer, new_context: Callable[..., BrowserContext]
+) -> None:
+    account = f"watched-{secrets.token_hex(3)}"
+    api = FireworksApi(live_server.base_url, account, live_server.new_account(account))
+    url = api.publish("tracked", {"config.json": b'{"a": 1}'})["config.json"]
+    api.close()
+    assert httpx.get(url, headers={"User-Agent": "browser-audit/1"}).status_code == 200
+    page = new_context().new_page()
+    sign_in(page, live_server, live_server.admin_key)
+    page.get_by_role("link", name="Audit").click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    page.get_by_label("Account").fill(account)
+    page.get_by_label("Show").select_option(label="Downloads")
+    rows = page.locator("#audit tbody tr")
+    # The writer thread takes a batch a second: apply the filter until the row is there.
+    while True:
+        page.get_by_role("button", name="Apply").click()
+        page.wait_for_load_state()
+        if rows.count() == 1:
+            break
+        page.wait_for_timeout(200)
+    expect(rows.first).to_contain_text(f"accounts/{account}/models/tracked")
+    expect(rows.first).to_contain_text("config.json")
+    expect(rows.first).to_contain_text("browser-audit/1")
+    assert f"account={account}" in page.url and "action=download" in page.url
+
+
 MAIN_PAGES = {
     "models": "/console/models",
     "model": "/console/models/demo-llama",
     "finetunes": "/console/fine-tunes",
     "finetune": "/console/fine-tunes/{ft}",
     "keys": "/console/keys",
+    "audit": "/console/audit",
 }
 
 

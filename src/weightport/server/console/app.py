@@ -17,6 +17,7 @@ from weightport.catalog.accounts import Caller
 from weightport.errors import MethodNotAllowed, NotFound, PayloadTooLarge, WeightportError
 from weightport.server.console import (
     assets,
+    audit_page,
     auth,
     csrf,
     finetune_pages,
@@ -108,6 +109,7 @@ def create_console() -> web.Application:
     model_pages.add_routes(router)
     finetune_pages.add_routes(router)
     key_pages.add_routes(router)
+    audit_page.add_routes(router)
     return console
 
 

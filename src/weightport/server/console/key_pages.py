@@ -19,10 +19,11 @@ KEYS_PATH = "/console/keys"
 MAX_NAME = 255
 
 
-def _require_admin(who: SignedIn) -> None:
+def require_admin(who: SignedIn, what: str = "manages API keys") -> None:
+    """Refuse (403) a session of any account but the admin account."""
     if who.account_id != accounts.ADMIN_ACCOUNT:
         raise PermissionDenied(
-            f"Only the {accounts.ADMIN_ACCOUNT!r} account manages API keys; you are signed in "
+            f"Only the {accounts.ADMIN_ACCOUNT!r} account {what}; you are signed in "
             f"as {who.account_id!r}."
         )
 
@@ -49,14 +50,14 @@ async def _keys_page(
 @signed_in
 async def key_list(request: web.Request, who: SignedIn) -> web.StreamResponse:
     """``GET /console/keys``."""
-    _require_admin(who)
+    require_admin(who)
     return await _keys_page(request, who)
 
 
 @signed_in
 async def create_key(request: web.Request, who: SignedIn) -> web.StreamResponse:
     """``POST /console/keys``: a new key for an account (created if new), shown this once."""
-    _require_admin(who)
+    require_admin(who)
     form = await request.post()
     account_id = str(form.get("account", "")).strip() or accounts.ADMIN_ACCOUNT
     name = str(form.get("name", "")).strip()
@@ -79,7 +80,7 @@ async def create_key(request: web.Request, who: SignedIn) -> web.StreamResponse:
 @signed_in
 async def revoke_key(request: web.Request, who: SignedIn) -> web.StreamResponse:
     """``POST /console/keys/{key_id}/revoke``."""
-    _require_admin(who)
+    require_admin(who)
     key_id = request.match_info["key_id"]
     await context_of(request).catalog.run(lambda s: accounts.revoke_key(s, key_id))
     return render.see_other(f"{KEYS_PATH}?revoked={key_id}")
