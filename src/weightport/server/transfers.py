@@ -16,7 +16,7 @@ from aiohttp import web
 from weightport.catalog.audit import Requester, Subject
 from weightport.observability import metrics
 from weightport.observability.metrics import BytePath
-from weightport.server.context import context_of
+from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.observe import exchange_of
 from weightport.server.requests import CALLER
 from weightport.services.audit import clean_user_agent
@@ -28,6 +28,11 @@ class Download:
 
     path: BytePath
     subject: Subject | None = None
+
+
+def _context(request: web.Request) -> ServerContext | None:
+    # None where byteserve runs without weightport's app around it (its own unit tests).
+    return request.config_dict.get(CONTEXT)
 
 
 def requester_of(request: web.Request) -> Requester | None:
@@ -45,10 +50,10 @@ def requester_of(request: web.Request) -> Requester | None:
 
 def record_grant(request: web.Request, subject: Subject) -> None:
     """Audit an API call that handed out signed URLs for ``subject``."""
-    audit = context_of(request).audit
+    ctx = _context(request)
     requester = requester_of(request)
-    if audit is not None and requester is not None:
-        audit.granted(subject, requester)
+    if ctx is not None and ctx.audit is not None and requester is not None:
+        ctx.audit.granted(subject, requester)
 
 
 class Transfer:
@@ -56,6 +61,7 @@ class Transfer:
 
     def __init__(self, request: web.Request, download: Download | None) -> None:
         self._request = request
+        self._ctx = _context(request)
         self._download = download
         self.sent = 0
         self._audit_key: str | None = None
@@ -64,12 +70,13 @@ class Transfer:
     def open(self) -> None:
         """The body starts: an active download, and the audit log's record of it."""
         self._open = True
-        context_of(self._request).downloads.sending += 1
+        if self._ctx is not None:
+            self._ctx.downloads.sending += 1
         download = self._download
         if download is None:
             return
         metrics.ACTIVE_DOWNLOADS.labels(download.path).inc()
-        audit = context_of(self._request).audit
+        audit = self._ctx.audit if self._ctx is not None else None
         requester = requester_of(self._request)
         if audit is not None and download.subject is not None and requester is not None:
             self._audit_key = audit.opened(download.subject, requester)
@@ -83,9 +90,8 @@ class Transfer:
         exchange = exchange_of(self._request)
         if exchange is not None:
             exchange.incomplete = True
-        tally = context_of(self._request).downloads
-        if tally.stopping:
-            tally.cut_while_stopping += 1
+        if self._ctx is not None and self._ctx.downloads.stopping:
+            self._ctx.downloads.cut_while_stopping += 1
 
     def close(self) -> None:
         """The body has ended: count its bytes everywhere."""
@@ -94,12 +100,12 @@ class Transfer:
             exchange.body_bytes = self.sent
         if not self._open:
             return
-        context_of(self._request).downloads.sending -= 1
+        if self._ctx is not None:
+            self._ctx.downloads.sending -= 1
         download = self._download
         if download is None:
             return
         metrics.ACTIVE_DOWNLOADS.labels(download.path).dec()
         metrics.BYTES_SERVED.labels(download.path).inc(self.sent)
-        audit = context_of(self._request).audit
-        if audit is not None:
-            audit.closed(self._audit_key, self.sent)
+        if self._ctx is not None and self._ctx.audit is not None:
+            self._ctx.audit.closed(self._audit_key, self.sent)
