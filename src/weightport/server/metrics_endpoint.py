@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 
 from aiohttp import web
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
@@ -26,27 +23,9 @@ from weightport.observability import exposition
 from weightport.server.context import CONTEXT, context_of
 from weightport.server.observe import observe_middleware
 from weightport.server.requests import authenticate_admin
-from weightport.services.archive_builds import builds_by_state
+from weightport.services.archive_builds import ArchiveBuildStates
 
 ROUTE = "/metrics"
-
-
-class ArchiveBuildStates(Collector):
-    """``weightport_archive_builds{state}`` from the catalog, read at each scrape."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self._catalog = catalog
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "weightport_archive_builds",
-            "Compressed archive builds in the catalog by state (pending = queued, building = "
-            "running); the same on every replica.",
-            labels=["state"],
-        )
-        for state, count in self._catalog.call(builds_by_state).items():
-            family.add_metric([state], count)
-        yield family
 
 
 def render(catalog: Catalog) -> bytes:

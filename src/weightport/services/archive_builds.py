@@ -11,9 +11,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -168,3 +171,21 @@ def builds_by_state(session: Session) -> dict[str, int]:
     for state, count in rows:
         counts[state] = count
     return counts
+
+
+class ArchiveBuildStates(Collector):
+    """``weightport_archive_builds{state}`` from the catalog, read at each scrape."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "weightport_archive_builds",
+            "Compressed archive builds in the catalog by state (pending = queued, building = "
+            "running); the same on every replica.",
+            labels=["state"],
+        )
+        for state, count in self._catalog.call(builds_by_state).items():
+            family.add_metric([state], count)
+        yield family
