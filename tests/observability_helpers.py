@@ -58,3 +58,8 @@ def parse_logfmt(line: str) -> dict[str, str]:
 def access_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON access log lines of a file."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def json_access_env(path: Path, **env: str) -> dict[str, str]:
+    """A server environment that writes JSON access lines to ``path``, plus ``env``."""
+    return {"WEIGHTPORT_ACCESS_LOG": "json", "WEIGHTPORT_ACCESS_LOG_FILE": str(path), **env}

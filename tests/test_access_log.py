@@ -16,7 +16,7 @@ from tests.cli_helpers import weightport
 from tests.conftest import LiveServer
 from tests.console_helpers import SESSION_COOKIE, signed_in_client
 from tests.fw_helpers import FireworksApi
-from tests.observability_helpers import access_lines, parse_logfmt
+from tests.observability_helpers import access_lines, json_access_env, parse_logfmt
 
 FILE_ROUTE = "/files/{account}/{model}/{path}"
 FIELDS = {
@@ -38,13 +38,7 @@ def test_json_access_log_after_real_traffic(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
     access_file = tmp_path / "access.log"
-    server = server_factory(
-        tmp_path / "data",
-        extra_env={
-            "WEIGHTPORT_ACCESS_LOG": "json",
-            "WEIGHTPORT_ACCESS_LOG_FILE": str(access_file),
-        },
-    ).start()
+    server = server_factory(tmp_path / "data", extra_env=json_access_env(access_file)).start()
     account = f"log-{secrets.token_hex(3)}"
     key = server.new_account(account)
     key_id = key.split("_")[1]

@@ -19,7 +19,7 @@ from tests.cli_helpers import weightport
 from tests.conftest import LiveServer
 from tests.console_helpers import signed_in_client
 from tests.fw_helpers import FireworksApi
-from tests.observability_helpers import access_lines
+from tests.observability_helpers import access_lines, json_access_env
 from weightport.catalog import audit
 from weightport.catalog.audit import Change, Requester, Subject
 from weightport.services.audit import coalesce_key
@@ -36,10 +36,7 @@ def audit_json(server: LiveServer, *args: str) -> list[dict[str, Any]]:
 
 def test_one_record_per_download(server_factory: Callable[..., LiveServer], tmp_path: Path) -> None:
     access = tmp_path / "access.log"
-    server = server_factory(
-        tmp_path / "data",
-        extra_env={"WEIGHTPORT_ACCESS_LOG": "json", "WEIGHTPORT_ACCESS_LOG_FILE": str(access)},
-    ).start()
+    server = server_factory(tmp_path / "data", extra_env=json_access_env(access)).start()
     account = f"aud-{secrets.token_hex(3)}"
     key = server.new_account(account)
     key_id = key.split("_")[1]

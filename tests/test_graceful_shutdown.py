@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.fw_helpers import FireworksApi
-from tests.observability_helpers import access_lines
+from tests.observability_helpers import access_lines, json_access_env
 from tests.tcp_proxy import TcpProxy
 from weightport.server.byteserve import SENDFILE_PIECE
 
@@ -80,6 +80,15 @@ def publish_large(server: LiveServer, size: int) -> tuple[bytes, str]:
     return data, url
 
 
+def start_with_grace(
+    server_factory: Callable[..., LiveServer], tmp_path: Path, grace: int
+) -> tuple[LiveServer, Path]:
+    """A server with this ``shutdown_grace`` writing JSON access lines; and their file."""
+    access = tmp_path / "access.log"
+    env = json_access_env(access, WEIGHTPORT_SHUTDOWN_GRACE=str(grace))
+    return server_factory(tmp_path / "data", demo=False, extra_env=env).start(), access
+
+
 def stop_and_wait(server: LiveServer) -> int:
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
@@ -89,16 +98,7 @@ def stop_and_wait(server: LiveServer) -> int:
 def test_a_download_in_flight_finishes(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
-    access = tmp_path / "access.log"
-    server = server_factory(
-        tmp_path / "data",
-        demo=False,
-        extra_env={
-            "WEIGHTPORT_SHUTDOWN_GRACE": "60",
-            "WEIGHTPORT_ACCESS_LOG": "json",
-            "WEIGHTPORT_ACCESS_LOG_FILE": str(access),
-        },
-    ).start()
+    server, access = start_with_grace(server_factory, tmp_path, 60)
     data, url = publish_large(server, 48 << 20)
     with TcpProxy(server.port, rate=8 << 20).running() as proxy:
         download = SlowDownload(url.replace(server.base_url, proxy.base_url)).start()
@@ -126,16 +126,7 @@ def test_a_download_in_flight_finishes(
 def test_a_download_past_the_grace_is_cut(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:
-    access = tmp_path / "access.log"
-    server = server_factory(
-        tmp_path / "data",
-        demo=False,
-        extra_env={
-            "WEIGHTPORT_SHUTDOWN_GRACE": "1",
-            "WEIGHTPORT_ACCESS_LOG": "json",
-            "WEIGHTPORT_ACCESS_LOG_FILE": str(access),
-        },
-    ).start()
+    server, access = start_with_grace(server_factory, tmp_path, 1)
     data, url = publish_large(server, 160 << 20)
     with TcpProxy(server.port, rate=8 << 20).running() as proxy:
         download = SlowDownload(url.replace(server.base_url, proxy.base_url)).start()
