@@ -60,6 +60,11 @@ def test_one_record_per_download(server_factory: Callable[..., LiveServer], tmp_
         "download", "finetune", ft_id, "-o", str(tmp_path / "merged.tar.zst"),
         "--base-url", server.base_url, "--api-key", admin, "--quiet",
     )  # fmt: skip
+    hub = httpx.get(
+        f"{server.base_url}/hf/admin/demo-llama/resolve/main/config.json",
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert hub.status_code == 200
     with signed_in_client(server.base_url, key) as console:
         link = console.get("/console/models/big/files/config.json")
         assert link.status_code == 302
@@ -91,7 +96,15 @@ def test_one_record_per_download(server_factory: Callable[..., LiveServer], tmp_
         ("", "python"),
         ("config.json", "python"),
     }
-    (merged,) = [r for r in audit_json(server, "--account", "admin") if r["kind"] == "merged"]
+    admin_records = audit_json(server, "--account", "admin")
+    (hub_record,) = [r for r in admin_records if r["resource"] == "admin/demo-llama"]
+    assert (hub_record["revision"], hub_record["kind"], hub_record["file"]) == (
+        "main",
+        "file",
+        "config.json",
+    )
+    assert int(hub_record["bytes"]) == len(hub.content)
+    (merged,) = [r for r in admin_records if r["kind"] == "merged"]
     assert merged["resource"] == ft_id and merged["revision"].isdigit()
     assert merged["file"].endswith(".tar.zst")
     assert int(merged["bytes"]) >= (tmp_path / "merged.tar.zst").stat().st_size

@@ -94,6 +94,9 @@ def test_counters_move_by_exactly_the_traffic(
     assert wait_for_build(admin, ft_id, "adapter")["state"] == "ready"
     compressed = admin.get(adapter_url)
     assert compressed.status_code == 200 and compressed.headers["etag"] != stored.headers["etag"]
+    # The Hugging Face route: a stored file.
+    hub = admin.get("/hf/admin/demo-llama/resolve/main/config.json")
+    assert hub.status_code == 200
 
     after = scrape(metrics_url, server.admin_key)
     admin.close()
@@ -121,6 +124,9 @@ def test_counters_move_by_exactly_the_traffic(
     assert served("stored_archive") == len(stored.content)
     assert served("merged") == len(merged.content)
     assert served("compressed_archive") == len(compressed.content)
+    assert served("hub") == len(hub.content)
+    hub_route = "/hf/{namespace}/{name}/resolve/{rest}"
+    assert requests("GET", hub_route, 200) == 1
     for path in BYTE_PATHS:
         assert value(after, "weightport_active_downloads", path=path) == 0
 

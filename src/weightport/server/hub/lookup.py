@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from weightport.catalog import accounts
 from weightport.errors import Unauthenticated
 from weightport.server.context import context_of
-from weightport.server.requests import bearer_secret
+from weightport.server.requests import CALLER, bearer_secret
 from weightport.services.hub.files import RevisionFiles
 from weightport.services.hub.repos import Repo, find_repo
 from weightport.services.hub.revisions import MAIN, Revision
@@ -26,10 +26,11 @@ def hub_secret(request: web.Request) -> str:
     return bearer_secret(request)
 
 
-def _visible_repo(session: Session, secret: str, repo_id: str) -> Repo:
+def _visible_repo(session: Session, secret: str, repo_id: str) -> tuple[accounts.Caller, Repo]:
     # The key check and the lookup share one transaction: one trip to a worker thread and
     # one transaction per request instead of two (HEADs are many and small).
-    return find_repo(session, accounts.authenticate(session, secret).account_id, repo_id)
+    caller = accounts.authenticate(session, secret)
+    return caller, find_repo(session, caller.account_id, repo_id)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ async def find(request: web.Request, repo_id: str, revision: str = MAIN) -> Foun
     ctx = context_of(request)
 
     def run() -> Found:
-        repo = ctx.catalog.call(lambda s: _visible_repo(s, secret, repo_id))
+        caller, repo = ctx.catalog.call(lambda s: _visible_repo(s, secret, repo_id))
+        request[CALLER] = caller  # who asks, for the access and audit logs
         chosen = repo.revision(revision)
         return Found(repo, chosen, ctx.hub_files.get(ctx.store, chosen))
 
@@ -58,4 +60,7 @@ async def find(request: web.Request, repo_id: str, revision: str = MAIN) -> Foun
 async def find_repo_only(request: web.Request, repo_id: str) -> Repo:
     """Authenticate, then the repository with its branches (no files are computed)."""
     secret = hub_secret(request)
-    return await context_of(request).catalog.run(lambda s: _visible_repo(s, secret, repo_id))
+    ctx = context_of(request)
+    caller, repo = await ctx.catalog.run(lambda s: _visible_repo(s, secret, repo_id))
+    request[CALLER] = caller
+    return repo

@@ -22,15 +22,21 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
+from weightport.catalog.audit import Subject
+from weightport.observability.metrics import BytePath
 from weightport.ranges import format_etag
 from weightport.server.byteserve import Entity, LocalFile, SourceBody, blob_body, serve_entity
 from weightport.server.context import ServerContext, context_of
 from weightport.server.hub.errors import RANGE_ERROR_HEADERS
 from weightport.server.hub.lookup import find
 from weightport.server.hub.paths import split_target
+from weightport.server.transfers import Download, record_grant
 from weightport.services.hub.files import RepoFile
+from weightport.services.hub.revisions import RevisionKind
 from weightport.storage.base import Presigner
 
+#: What the audit log calls a file of each kind of revision.
+AUDIT_KINDS = {RevisionKind.MERGED: "merged", RevisionKind.ADAPTER: "adapter"}
 _TEXT_TYPES = {".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 
 
@@ -68,10 +74,19 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         "X-Linked-Etag": format_etag(file.etag),
         "X-Linked-Size": str(file.size),
     }
+    subject = Subject(
+        found.repo.account,
+        found.repo.repo_id,
+        AUDIT_KINDS.get(found.revision.kind, "file"),
+        revision=found.revision.name,
+        file=file.path,
+    )
     location = store_url(ctx, request, file)
     if location is not None:
         headers[hdrs.ETAG] = format_etag(file.etag)
         headers[hdrs.LOCATION] = location
+        if request.method == hdrs.METH_GET:
+            record_grant(request, subject)  # the store serves the bytes
         return web.Response(status=302, headers=headers)
     entity = Entity(
         size=file.size,
@@ -91,4 +106,5 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         max_ranges=ctx.settings.max_ranges,
         extra_headers=headers,
         unsatisfiable_headers={**headers, **RANGE_ERROR_HEADERS},
+        download=Download(BytePath.HUB, subject),
     )
