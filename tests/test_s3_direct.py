@@ -29,6 +29,7 @@ from tests.seaweedfs import SeaweedFS
 from tests.tcp_proxy import TcpProxy
 from tests.together_cli import run_cli
 from weightport import demo
+from weightport.catalog import audit
 from weightport.client import DownloadOptions, FireworksModel, HttpSession, RemoteFile, download
 from weightport.client.sources import ApiConfig
 from weightport.storage.s3 import S3Location
@@ -347,6 +348,13 @@ def test_cached_archives_are_served_by_redirect_to_the_store(
     result = run_cli(server, tmp_path, ft_id, "-c", "adapter", "-o", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     assert out.read_bytes() == cached
+    # The audit log saw the URLs it handed out (the bytes went from the store): one record.
+    server.stop()
+    catalog = server.catalog()
+    records = catalog.call(lambda s: audit.list_records(s, audit.AuditQuery(key_id=None)).records)
+    catalog.close()
+    (grant,) = [r for r in records if r.resource == ft_id and r.kind == "adapter"]
+    assert grant.action == audit.URLS and grant.requests >= 3 and grant.bytes == 0
 
 
 def weightport_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
