@@ -240,3 +240,31 @@ def test_catalog_and_store_errors_are_counted_apart(
 
     assert errors("store") == 1
     assert errors("catalog") == 1
+
+
+def test_processes_sharing_a_metrics_directory_report_one_set_of_counters(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    # How the workers of one server report (prometheus-client's multiprocess mode): each
+    # writes into the shared directory, and a scrape answered by any of them sums them all.
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+    first = server_factory(tmp_path / "first", demo=False, extra_env=env).start()
+    second = server_factory(tmp_path / "second", demo=False, extra_env=env).start()
+    metrics_url = f"{first.base_url}/metrics"
+    labels = {"method": "GET", "route": "/v1/whoami", "status": "401"}
+    before = scrape(metrics_url, first.admin_key)
+    for _ in range(2):
+        assert httpx.get(f"{first.base_url}/v1/whoami").status_code == 401
+    for _ in range(3):
+        assert httpx.get(f"{second.base_url}/v1/whoami").status_code == 401
+    after = scrape(metrics_url, first.admin_key)
+    assert moved(before, after, "weightport_http_requests_total", **labels) == 5
+    # The other process answers with the same totals; once it has stopped, its counts stay.
+    from_second = scrape(f"{second.base_url}/metrics", second.admin_key)
+    assert moved(before, from_second, "weightport_http_requests_total", **labels) == 5
+    second.stop()
+    final = scrape(metrics_url, first.admin_key)
+    assert moved(before, final, "weightport_http_requests_total", **labels) == 5
+    assert value(final, "weightport_active_downloads", path="file") == 0
