@@ -2,7 +2,9 @@
 
 ``checkpoint`` / ``checkpoint_step`` take the values the Together clients send: ``merged`` and
 ``adapter`` for LoRA jobs, ``model_output_path`` for the final output (a LoRA job's is its
-merged model), ``default``/``model`` leniently; a step overrides and must exist.
+merged model), ``default``/``model`` leniently; a step overrides and must exist, except that
+``checkpoint_step=0`` on a job without a checkpoint at step 0 means the final checkpoint, as
+Together's clients document ("0 or omitted downloads the final model").
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ def select_artifact(job: FineTune, checkpoint: str | None, step_raw: str | None)
         )
     step = _parse_step(step_raw)
     final = next((c for c in job.checkpoints if c.kind == finetunes.FINAL), None)
-    if step:
-        chosen = next((c for c in job.checkpoints if c.step == step), None)
+    chosen = next((c for c in job.checkpoints if c.step == step), None)
+    if step == 0 and chosen is None:
+        step = None  # Together: "0 or omitted downloads the final model", unless step 0 exists
+    if step is not None:
         if chosen is None:
             steps = ", ".join(str(c.step) for c in job.checkpoints) or "none"
             raise InvalidArgument(
@@ -80,7 +84,7 @@ def select_artifact(job: FineTune, checkpoint: str | None, step_raw: str | None)
         )
     else:
         chosen = final
-    return _artifact_at(job, chosen, checkpoint, by_step=bool(step))
+    return _artifact_at(job, chosen, checkpoint, by_step=step is not None)
 
 
 def _artifact_at(
@@ -117,8 +121,6 @@ def selections_at(job: FineTune, checkpoint: Checkpoint) -> list[Selection]:
     """Every distinct archive the download serves for this checkpoint, asked for by its step
     with each ``checkpoint=`` value: what a page lists for it. Unlike :func:`select_artifact`
     it does not scan the job's other checkpoints (a page asks for all of them)."""
-    if checkpoint.step == 0 and checkpoint.kind != finetunes.FINAL:
-        return []  # checkpoint_step=0 means "the final checkpoint": step 0 itself is unreachable
     found: dict[str, Selection] = {}
     for value in ("merged", "adapter", "model_output_path"):
         try:
