@@ -8,15 +8,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from tests.byte_sources import MemorySource
 from weightport.merge.adapter import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from weightport.merge.plan import plan_merge
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.tensor import (
+    F32,
+    LoraDelta,
     from_float32,
     lora_factors,
-    merge_rows,
     storage_dtype,
     to_float32,
 )
@@ -33,6 +35,21 @@ _NUMPY = {
     "U8": "u1",
     "BOOL": "?",
 }
+
+
+def merge_rows(
+    base_rows: npt.NDArray[np.generic],
+    left: F32,
+    right: F32,
+    scaling: float,
+    *,
+    dtype: str,
+    round_delta: bool = False,
+) -> npt.NDArray[np.generic]:
+    """``base_rows + (left @ right) * scaling`` with peft's rounding, in one call: the
+    :class:`LoraDelta` the merged view prepares per weight, used once."""
+    delta = LoraDelta.prepare(left, right, scaling, dtype=dtype, round_delta=round_delta)
+    return delta.merge_rows(base_rows)
 
 
 def safetensors_bytes(

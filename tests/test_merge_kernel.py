@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tests.fma_reference import lora_product as reference_product
+from tests.merge_fixtures import merge_rows
 from weightport.errors import InvalidArgument
 from weightport.merge.kernel import lora_delta
 from weightport.merge.rounding import add_delta, from_float32, storage_dtype
-from weightport.merge.tensor import LoraDelta, lora_product, merge_rows
+from weightport.merge.tensor import LoraDelta, lora_product
 
 RNG = np.random.default_rng(4)
 DTYPES = ["BF16", "F16", "F32"]

@@ -13,7 +13,13 @@ import pytest
 from safetensors import safe_open
 
 from tests.byte_sources import MemorySource
-from tests.merge_fixtures import adapter_files, bf16, memory_sources, safetensors_bytes
+from tests.merge_fixtures import (
+    adapter_files,
+    bf16,
+    memory_sources,
+    merge_rows,
+    safetensors_bytes,
+)
 from weightport.errors import InvalidArgument
 from weightport.merge.adapter import AdapterConfig, AdapterKey, Role, parse_adapter_key
 from weightport.merge.plan import validate_merge
@@ -22,8 +28,8 @@ from weightport.merge.tensor import (
     bf16_to_float32,
     float32_to_bf16,
     from_float32,
+    lora_factors,
     lora_product,
-    merge_tensor,
 )
 
 RNG = np.random.default_rng(20240611)
@@ -250,7 +256,7 @@ def test_lora_product_rejects_mismatched_factors() -> None:
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
 @pytest.mark.parametrize("mode", ["linear", "fan_in_fan_out", "embedding"])
-def test_merge_tensor_reproduces_peft_arithmetic(dtype: str, mode: str) -> None:
+def test_merge_reproduces_peft_arithmetic(dtype: str, mode: str) -> None:
     """peft's CPU merge, written out in torch: Linear adds the float32 delta into W;
     Embedding rounds the delta to W's dtype first."""
     torch = pytest.importorskip("torch")
@@ -270,28 +276,10 @@ def test_merge_tensor_reproduces_peft_arithmetic(dtype: str, mode: str) -> None:
     else:
         expected += delta
     raw = weight.view(torch.int16).numpy().view(np.uint16) if dtype == "BF16" else weight.numpy()
-    ours = merge_tensor(
-        raw,
-        a.numpy(),
-        b.numpy(),
-        scaling,
-        dtype=dtype,
-        fan_in_fan_out=mode == "fan_in_fan_out",
-        embedding=mode == "embedding",
-    )
+    left, right = lora_factors(a.numpy(), b.numpy(), transposed=transposed)  # as the view does
+    ours = merge_rows(raw, left, right, scaling, dtype=dtype, round_delta=mode == "embedding")
     theirs = expected.view(torch.int16 if dtype != "F32" else torch.int32).numpy()
     assert ours.tobytes() == theirs.tobytes()
-
-
-def test_merge_tensor_rejects_a_delta_of_the_wrong_shape() -> None:
-    with pytest.raises(InvalidArgument, match="does not fit"):
-        merge_tensor(
-            np.zeros((4, 5), np.float32),
-            np.ones((2, 5), np.float32),
-            np.ones((3, 2), np.float32),
-            1.0,
-            dtype="F32",
-        )
 
 
 # -- adapter config --------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,13 +68,6 @@ class CompressedIndex:
         """Total bytes of the compressed archive."""
         last = self.frames[-1]
         return last.offset + last.length
-
-    def frame_at(self, offset: int) -> CompressedFrame:
-        """The frame holding compressed byte ``offset``; :class:`ValueError` outside."""
-        if not 0 <= offset < self.size:
-            raise ValueError(f"offset {offset} outside 0..{self.size}")
-        starts = [frame.offset for frame in self.frames]
-        return self.frames[bisect_right(starts, offset) - 1]
 
     def to_json(self) -> str:
         """A compact JSON text that :meth:`from_json` reads back."""

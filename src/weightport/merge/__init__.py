@@ -9,7 +9,6 @@ headers alone.
 from weightport.merge.adapter import AdapterConfig, parse_adapter_key
 from weightport.merge.plan import MergeSummary, validate_merge
 from weightport.merge.safetensors_format import SafetensorsHeader, TensorInfo, read_header
-from weightport.merge.tensor import merge_rows, merge_tensor
 from weightport.merge.view import MergedShard, merged_files
 
 __all__ = [
@@ -18,8 +17,6 @@ __all__ = [
     "MergedShard",
     "SafetensorsHeader",
     "TensorInfo",
-    "merge_rows",
-    "merge_tensor",
     "merged_files",
     "parse_adapter_key",
     "read_header",

@@ -68,10 +68,6 @@ class TensorInfo:
     def itemsize(self) -> int:
         return DTYPE_SIZES[self.dtype]
 
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
 
 @dataclass(frozen=True)
 class SafetensorsHeader:

@@ -48,8 +48,6 @@ __all__ = [
     "from_float32",
     "lora_factors",
     "lora_product",
-    "merge_rows",
-    "merge_tensor",
     "storage_dtype",
     "to_float32",
 ]
@@ -165,45 +163,3 @@ class LoraDelta:
         if target is not out:
             out[...] = target
         return out
-
-
-def merge_rows(
-    base_rows: npt.NDArray[np.generic],
-    left_rows: F32,
-    right: F32,
-    scaling: float,
-    *,
-    dtype: str,
-    round_delta: bool = False,
-) -> npt.NDArray[np.generic]:
-    """Rows of a merged weight: ``base_rows + (left_rows @ right) * scaling``, peft's rounding.
-
-    ``base_rows`` is in :func:`storage_dtype` form and the result is too. ``round_delta``
-    rounds the delta to ``dtype`` before adding (peft's ``Embedding`` does this; ``Linear``
-    does not). To merge a weight block by block, prepare a :class:`LoraDelta` once instead.
-    """
-    delta = LoraDelta.prepare(left_rows, right, scaling, dtype=dtype, round_delta=round_delta)
-    return delta.merge_rows(base_rows)
-
-
-def merge_tensor(
-    weight: npt.NDArray[np.generic],
-    a: F32,
-    b: F32,
-    scaling: float,
-    *,
-    dtype: str,
-    fan_in_fan_out: bool = False,
-    embedding: bool = False,
-) -> npt.NDArray[np.generic]:
-    """The merged weight of one layer, bit-identical to peft's ``merge_and_unload`` on CPU.
-
-    ``weight`` is the base weight in :func:`storage_dtype` form (bfloat16 as ``uint16``);
-    ``a``/``b`` are ``lora_A``/``lora_B`` (or ``lora_embedding_A``/``_B``) as float32.
-    """
-    left, right = lora_factors(a, b, transposed=fan_in_fan_out or embedding)
-    if weight.shape != (left.shape[0], right.shape[1]):
-        raise InvalidArgument(
-            f"LoRA delta {left.shape[0]}x{right.shape[1]} does not fit weight {weight.shape}"
-        )
-    return merge_rows(weight, left, right, scaling, dtype=dtype, round_delta=embedding)
