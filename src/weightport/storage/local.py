@@ -18,7 +18,6 @@ many small ranges of the same blobs.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import secrets
@@ -27,10 +26,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 from weightport.errors import InsufficientStorage, InvalidArgument, StorageError
 from weightport.storage.base import BlobInfo
+from weightport.storage.checked_upload import CheckedUpload
 from weightport.storage.files import read_exactly
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
@@ -139,7 +138,7 @@ class _FdCache:
             os.close(entry.fd)
 
 
-class LocalUpload:
+class LocalUpload(CheckedUpload):
     """A blob being written to a temp file; see :meth:`LocalStore.begin_upload`."""
 
     def __init__(
@@ -149,13 +148,8 @@ class LocalUpload:
         expected_sha256: str | None,
         expected_size: int | None,
     ) -> None:
+        super().__init__(expected_sha256=expected_sha256, expected_size=expected_size)
         self._store = store
-        self._expected_sha256 = expected_sha256
-        self._expected_size = expected_size
-        self._hash = hashlib.sha256()
-        self._written = 0
-        self._result: BlobInfo | None = None
-        self._aborted = False
         self.temp_path = store.root / "tmp" / f"{_TEMP_PREFIX}{secrets.token_hex(12)}{_TEMP_SUFFIX}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
@@ -163,19 +157,9 @@ class LocalUpload:
         except OSError as exc:
             raise _write_failure("starting upload failed", exc) from exc
 
-    @property
-    def written(self) -> int:
-        """Bytes written so far."""
-        return self._written
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``. Raises :class:`InvalidArgument` (and aborts) past the expected size."""
-        self._check_open()
-        view = memoryview(data).cast("B")
-        if self._expected_size is not None and self._written + len(view) > self._expected_size:
-            self.abort()
-            raise InvalidArgument(f"upload is larger than the declared {self._expected_size} bytes")
-        self._hash.update(view)
+        view = self._accept(data)
         pos = 0
         try:
             while pos < len(view):
@@ -193,18 +177,7 @@ class LocalUpload:
         """
         if self._result is not None:
             return self._result
-        self._check_open()
-        key = self._hash.hexdigest()
-        if self._expected_size is not None and self._written != self._expected_size:
-            self.abort()
-            raise InvalidArgument(
-                f"upload has {self._written} bytes, but {self._expected_size} were declared"
-            )
-        if self._expected_sha256 is not None and key != self._expected_sha256:
-            self.abort()
-            raise InvalidArgument(
-                f"upload has sha256 {key}, but {self._expected_sha256} was declared"
-            )
+        key = self._verified_key()
         try:
             os.fsync(self._fd)
             os.fchmod(self._fd, 0o644)
@@ -230,24 +203,6 @@ class LocalUpload:
             os.close(self._fd)
             self._fd = -1
         self.temp_path.unlink(missing_ok=True)
-
-    def _check_open(self) -> None:
-        if self._aborted:
-            raise StorageError("upload was aborted")
-        if self._result is not None:
-            raise StorageError("upload was already committed")
-
-    def __enter__(self) -> LocalUpload:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Leaving the block without committing (by error or not) discards the upload.
-        self.abort()
 
 
 class LocalStore:

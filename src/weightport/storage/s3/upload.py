@@ -9,15 +9,14 @@ nothing is ever visible under a sha256 key before its bytes are complete and che
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import obstore
 
-from weightport.errors import InvalidArgument, StorageError
+from weightport.errors import StorageError
 from weightport.storage.base import BlobInfo
+from weightport.storage.checked_upload import CheckedUpload
 
 if TYPE_CHECKING:
     from obstore import WritableFile
@@ -47,7 +46,7 @@ def part_size(expected_size: int | None) -> int:
     return max(PART_BYTES, -(-needed // (1 << 20)) << 20)  # whole MiB
 
 
-class S3Upload:
+class S3Upload(CheckedUpload):
     """A blob being written; see :meth:`S3BlobStore.begin_upload`."""
 
     def __init__(
@@ -57,30 +56,15 @@ class S3Upload:
         expected_sha256: str | None,
         expected_size: int | None,
     ) -> None:
+        super().__init__(expected_sha256=expected_sha256, expected_size=expected_size)
         self._store = store
-        self._expected_sha256 = expected_sha256
-        self._expected_size = expected_size
-        self._hash = hashlib.sha256()
-        self._written = 0
         self._pending = bytearray()
         self._writer: WritableFile | None = None
         self.temp_name = f"{TEMP_PREFIX}upload-{secrets.token_hex(12)}"
-        self._result: BlobInfo | None = None
-        self._aborted = False
-
-    @property
-    def written(self) -> int:
-        """Bytes written so far."""
-        return self._written
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append ``data``. Raises :class:`InvalidArgument` (and aborts) past the expected size."""
-        self._check_open()
-        view = memoryview(data).cast("B")
-        if self._expected_size is not None and self._written + len(view) > self._expected_size:
-            self.abort()
-            raise InvalidArgument(f"upload is larger than the declared {self._expected_size} bytes")
-        self._hash.update(view)
+        view = self._accept(data)
         self._written += len(view)
         if self._writer is None and len(self._pending) + len(view) <= IN_MEMORY_BYTES:
             self._pending += view
@@ -109,18 +93,7 @@ class S3Upload:
         """
         if self._result is not None:
             return self._result
-        self._check_open()
-        key = self._hash.hexdigest()
-        if self._expected_size is not None and self._written != self._expected_size:
-            self.abort()
-            raise InvalidArgument(
-                f"upload has {self._written} bytes, but {self._expected_size} were declared"
-            )
-        if self._expected_sha256 is not None and key != self._expected_sha256:
-            self.abort()
-            raise InvalidArgument(
-                f"upload has sha256 {key}, but {self._expected_sha256} was declared"
-            )
+        key = self._verified_key()
         try:
             if self._writer is None:
                 self._store.put_blob(key, bytes(self._pending))
@@ -150,20 +123,3 @@ class S3Upload:
             except OBSTORE_ERRORS:
                 return
             self._store.delete_name(self.temp_name)
-
-    def _check_open(self) -> None:
-        if self._aborted:
-            raise StorageError("upload was aborted")
-        if self._result is not None:
-            raise StorageError("upload was already committed")
-
-    def __enter__(self) -> S3Upload:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
