@@ -65,6 +65,8 @@ class WeightportServer:
     port: int = field(default_factory=free_port)
     admin_key: str = ""
     process: subprocess.Popen[bytes] | None = None
+    #: How long to wait for the admin key a first start prints (a later start prints none).
+    key_wait_s: float = 30.0
 
     @property
     def base_url(self) -> str:
@@ -88,21 +90,28 @@ class WeightportServer:
         args += ["--port", str(self.port), "--no-demo"]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env)
-        _wait_listening(self.port, self.process, self.log_path)
+        try:
+            self._wait_ready(self.process)
+        except BaseException:  # a start that fails (or is interrupted) leaves no server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        _wait_listening(self.port, process, self.log_path)
         # The banner with the key is printed once the server answers, a moment after it
         # starts listening: wait for it rather than read the log once.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.key_wait_s
         while not self.admin_key and time.monotonic() < deadline:
             found = KEY_PATTERN.search(self.log_path.read_text())
             if found:
                 self.admin_key = found.group(0)
-            elif self.process.poll() is not None:
+            elif process.poll() is not None:
                 break
             else:
                 time.sleep(0.05)
         if not self.admin_key:
             raise RuntimeError(f"no admin key in the server log:\n{self.log_path.read_text()}")
-        return self
 
     def stop(self) -> None:
         _stop(self.process, signal.SIGTERM)
@@ -211,7 +220,11 @@ http {{
         ]
         with log.open("ab") as out:
             self.process = subprocess.Popen([*args, "-g", "daemon off;"], stdout=out, stderr=out)
-        _wait_listening(self.port, self.process, log)
+        try:
+            _wait_listening(self.port, self.process, log)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
