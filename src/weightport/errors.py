@@ -36,6 +36,7 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import ClassVar
 
@@ -201,11 +202,20 @@ class EntryNotFound(NotFound):
 
 
 class MethodNotAllowed(WeightportError):
+    """A method the route does not serve; ``allowed`` becomes the ``Allow`` header that
+    RFC 9110 requires on a 405."""
+
     status = 405
     grpc = GrpcCode.UNIMPLEMENTED
     together_type = "invalid_request_error"
     code = "method_not_allowed"
     retryable = False
+
+    def __init__(
+        self, message: str, *, allowed: Iterable[str] = (), param: str | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.allowed = tuple(sorted(set(allowed)))
 
 
 class AlreadyExists(WeightportError):

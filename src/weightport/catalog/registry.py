@@ -115,7 +115,7 @@ def _apply_fields(model: Model, fields: Mapping[str, Any]) -> None:
             if len(value) >= limit:
                 raise InvalidArgument(f"{key} must be shorter than {limit} characters")
         elif column == "kind":
-            if value not in KINDS:
+            if not isinstance(value, str) or value not in KINDS:
                 raise InvalidArgument(f"unknown kind {value!r}; one of {', '.join(sorted(KINDS))}")
         elif value is not None and not isinstance(value, dict):
             raise InvalidArgument(f"{key} must be an object")

@@ -20,6 +20,7 @@ from weightport.server import (
     finetune_admin,
     fireworks,
     metrics_endpoint,
+    openapi,
     together,
 )
 from weightport.server.context import CONTEXT, ServerContext
@@ -43,8 +44,8 @@ def _translate_http(exc: web.HTTPException) -> WeightportError | None:
     """aiohttp's own errors (unknown route, wrong method, huge body) in our tree."""
     if exc.status == 404:
         return NotFound("no such route")
-    if exc.status == 405:
-        return MethodNotAllowed("method not allowed on this route")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed("method not allowed on this route", allowed=exc.allowed_methods)
     if exc.status == 413:
         return PayloadTooLarge("request body too large")
     return None
@@ -130,6 +131,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     metrics_endpoint.add_routes(app, ctx.settings)
     console.add_routes(app)
     hub_routes.add_routes(app)
+    openapi.add_routes(app)
 
     async def prebuild(_app: web.Application) -> None:
         # Checkpoints imported while the server was down get their builds now.

@@ -13,7 +13,12 @@ from enum import Enum
 
 from aiohttp import web
 
-from weightport.errors import RangeNotSatisfiable, StillWorking, WeightportError
+from weightport.errors import (
+    MethodNotAllowed,
+    RangeNotSatisfiable,
+    StillWorking,
+    WeightportError,
+)
 from weightport.server.hub import PREFIX as HUB_PREFIX
 from weightport.server.hub.errors import hub_error_response
 
@@ -67,6 +72,8 @@ def error_response(error: WeightportError, dialect: Dialect) -> web.Response:
         headers["Content-Range"] = f"bytes */{error.size}"
     if isinstance(error, StillWorking):
         headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, MethodNotAllowed) and error.allowed:
+        headers["Allow"] = ", ".join(error.allowed)
     return web.Response(
         status=error.status,
         text=json.dumps(error_body(error, dialect)),

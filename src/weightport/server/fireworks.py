@@ -84,23 +84,22 @@ def _route_template(model_id: str | None, verb: str | None) -> str:
     return f"{COLLECTION_ROUTE}/{{model}}{suffix}"
 
 
-async def dispatch(request: web.Request) -> web.Response:
-    account, model_id, verb = _split(request)
-    name_route(request, _route_template(model_id, verb))
-    caller = await authenticated_account(request)
-    if caller != account:
-        # Another account's resources are indistinguishable from missing ones.
-        what = f"accounts/{account}" + (f"/models/{model_id}" if model_id else "")
-        raise NotFound(f'"{what}" not found')
+BoundHandler = Callable[[web.Request, str], Awaitable[web.Response]]
+
+
+def _choose(method: str, model_id: str | None, verb: str | None) -> BoundHandler:
+    """The handler for this method on this route shape: 405 (with ``Allow``) or 404 if none.
+
+    Decided before authentication: whether a route takes a method reveals nothing about
+    accounts or models.
+    """
     if model_id is None:
-        table: dict[str, Callable[[web.Request, str], Awaitable[web.Response]]] = {
-            "GET": list_models,
-            "POST": create_model,
-        }
-        collection_handler = table.get(request.method)
-        if collection_handler is None:
-            raise MethodNotAllowed(f"{request.method} is not allowed on the models collection")
-        return await collection_handler(request, account)
+        collection: dict[str, BoundHandler] = {"GET": list_models, "POST": create_model}
+        if method not in collection:
+            raise MethodNotAllowed(
+                f"{method} is not allowed on the models collection", allowed=collection
+            )
+        return collection[method]
     handlers: dict[tuple[str, str | None], Handler] = {
         ("GET", None): get_model,
         ("PATCH", None): update_model,
@@ -111,12 +110,27 @@ async def dispatch(request: web.Request) -> web.Response:
         ("POST", "prepare"): prepare,
         ("POST", "import"): import_model,
     }
-    item_handler = handlers.get((request.method, verb))
+    item_handler = handlers.get((method, verb))
     if item_handler is None:
-        if any(v == verb for _, v in handlers):
-            raise MethodNotAllowed(f"{request.method} is not allowed for :{verb or 'model'}")
+        allowed = [m for m, v in handlers if v == verb]
+        if allowed:
+            raise MethodNotAllowed(
+                f"{method} is not allowed for :{verb or 'model'}", allowed=allowed
+            )
         raise NotFound(f"unknown method :{verb}")
-    return await item_handler(request, account, model_id)
+    return lambda request, account: item_handler(request, account, model_id)
+
+
+async def dispatch(request: web.Request) -> web.Response:
+    account, model_id, verb = _split(request)
+    name_route(request, _route_template(model_id, verb))
+    handler = _choose(request.method, model_id, verb)
+    caller = await authenticated_account(request)
+    if caller != account:
+        # Another account's resources are indistinguishable from missing ones.
+        what = f"accounts/{account}" + (f"/models/{model_id}" if model_id else "")
+        raise NotFound(f'"{what}" not found')
+    return await handler(request, account)
 
 
 async def list_models(request: web.Request, account: str) -> web.Response:
@@ -147,7 +161,9 @@ async def create_model(request: web.Request, account: str) -> web.Response:
     model_id = body.get("modelId")
     if not isinstance(model_id, str) or not model_id:
         raise InvalidArgument("modelId is required", param="modelId")
-    fields = body.get("model") or {}
+    fields = body.get("model")
+    if fields is None:
+        fields = {}
     if not isinstance(fields, dict):
         raise InvalidArgument("model must be an object", param="model")
 

@@ -41,20 +41,32 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 def _http_error(exc: web.HTTPException) -> WeightportError:
     if exc.status == 404:
         return NotFound("There is no console page at this address.")
-    if exc.status == 405:
-        return MethodNotAllowed(f"{exc.status} {exc.reason}: this page does not accept that.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(
+            f"{exc.status} {exc.reason}: this page does not accept that.",
+            allowed=exc.allowed_methods,
+        )
     if exc.status == 413:
         return PayloadTooLarge("The form you sent is too large.")
     return WeightportError(f"{exc.status} {exc.reason}")
 
 
 def error_page(request: web.Request, error: WeightportError) -> web.Response:
-    return render.page(request, "error.html", {"error": error}, status=error.status)
+    response = render.page(request, "error.html", {"error": error}, status=error.status)
+    if isinstance(error, MethodNotAllowed) and error.allowed:
+        response.headers["Allow"] = ", ".join(error.allowed)
+    return response
 
 
 async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith(STATIC_PREFIX):
         return await handler(request)
+    if request.path == PREFIX and request.method not in SAFE_METHODS:
+        # "/console" itself is the parent app's redirect; the sub-app would call it a 404.
+        raise MethodNotAllowed("This address only redirects to the console.", allowed=SAFE_METHODS)
+    if request.match_info.http_exception is not None:
+        # No such page or method: say so before any session or CSRF check answers instead.
+        raise request.match_info.http_exception
     who = await session.identify(request)
     if who is not None:
         # The session's key speaks for the request (the access and audit logs).

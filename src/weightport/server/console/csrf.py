@@ -14,8 +14,11 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
-from weightport.errors import PermissionDenied
+from weightport.errors import InvalidArgument, PermissionDenied
 from weightport.server.console import session
 
 FIELD = "csrf_token"
@@ -37,9 +40,23 @@ def token_for(request: web.Request) -> str:
     return _derive(_binding(request))
 
 
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The request's form (aiohttp keeps it for later reads), or a 400 for a body that is not
+    a well-formed form (a multipart body without its boundary, malformed part headers)."""
+    try:
+        return await request.post()
+    except (ValueError, HttpProcessingError) as exc:
+        raise InvalidArgument(f"The form could not be read: {_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception) -> str:
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return " ".join(str(text).split())[:200]
+
+
 async def check(request: web.Request) -> None:
     """Refuse (403) a state-changing request whose form lacks the right token."""
-    form = await request.post()
+    form = await read_form(request)
     submitted = form.get(FIELD)
     has_binding = (
         session.known_identity(request) is not None or session.PRESESSION_COOKIE in request.cookies
@@ -47,7 +64,8 @@ async def check(request: web.Request) -> None:
     if (
         not has_binding
         or not isinstance(submitted, str)
-        or not hmac.compare_digest(submitted, token_for(request))
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError).
+        or not hmac.compare_digest(submitted.encode(), token_for(request).encode())
     ):
         raise PermissionDenied(
             "This form was not sent from a current page of this console (its security token "

@@ -17,6 +17,7 @@ from aiohttp import web
 from weightport.errors import (
     EntryNotFound,
     InvalidCredentials,
+    MethodNotAllowed,
     NotFound,
     RangeNotSatisfiable,
     RevisionNotFound,
@@ -79,6 +80,8 @@ def error_headers(error: WeightportError) -> dict[str, str]:
         headers["X-Repo-Commit"] = error.commit
     if isinstance(error, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{error.size}"
+    if isinstance(error, MethodNotAllowed) and error.allowed:
+        headers["Allow"] = ", ".join(error.allowed)
     return headers
 
 
