@@ -106,6 +106,9 @@ def run_schemathesis(
         f'"path.model" = "{demo.DEMO_MODEL_ID}"\n'
         f'"path.model_id" = "{demo.DEMO_MODEL_ID}"\n'
         f'"path.ft_id" = "{demo_job_of(server)}"\n'
+        '"path.namespace" = "admin"\n'
+        f'"path.name" = "{demo.DEMO_MODEL_ID}"\n'
+        '"path.revision" = "main"\n'
     )
     args = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "--no-color"]
     args += ["run", str(schema), "--url", server.base_url, "--checks", CHECKS]

@@ -110,6 +110,26 @@ def test_a_non_ascii_csrf_token_is_refused_not_a_crash(live_server: LiveServer) 
     assert "security token" in response.text
 
 
+def test_hub_forms_that_cannot_be_read_are_a_400(live_server: LiveServer) -> None:
+    response = httpx.post(
+        f"{live_server.base_url}/hf/api/models/admin/demo-llama/paths-info/main",
+        headers={
+            "Authorization": f"Bearer {live_server.admin_key}",
+            "Content-Type": "multipart/form-data",
+        },
+        content=b"expand=false",
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["X-Error-Code"] == "BadRequest"
+
+
+def test_hub_405_names_the_allowed_methods(live_server: LiveServer) -> None:
+    response = httpx.delete(f"{live_server.base_url}/hf/api/models/admin/demo-llama")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, HEAD"
+    assert response.headers["X-Error-Code"] == "MethodNotAllowed"
+
+
 def test_the_server_log_has_no_traceback(live_server: LiveServer) -> None:
     assert live_server.log_path is not None
     assert "Traceback" not in live_server.log_path.read_text()

@@ -7,6 +7,9 @@ import math
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 from weightport.catalog import accounts
 from weightport.errors import (
@@ -176,3 +179,14 @@ def query_int(request: web.Request, name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise InvalidArgument(f"{name} must be an integer, not {raw!r}", param=name) from None
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
+    """The request's form (aiohttp keeps it for later reads), or a 400 for a body that is not
+    a well-formed form (a multipart body without its boundary, malformed part headers)."""
+    try:
+        return await request.post()
+    except (ValueError, HttpProcessingError) as exc:
+        text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        detail = " ".join(str(text).split())[:200]
+        raise InvalidArgument(f"The form could not be read: {detail}") from None

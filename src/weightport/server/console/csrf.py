@@ -14,12 +14,10 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_request import FileField
-from multidict import MultiDictProxy
 
-from weightport.errors import InvalidArgument, PermissionDenied
+from weightport.errors import PermissionDenied
 from weightport.server.console import session
+from weightport.server.requests import read_form
 
 FIELD = "csrf_token"
 _PURPOSE = b"weightport console csrf v1"
@@ -38,20 +36,6 @@ def _binding(request: web.Request) -> str:
 def token_for(request: web.Request) -> str:
     """The token forms on this page must send back (call after the identity is known)."""
     return _derive(_binding(request))
-
-
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | bytearray | FileField]:
-    """The request's form (aiohttp keeps it for later reads), or a 400 for a body that is not
-    a well-formed form (a multipart body without its boundary, malformed part headers)."""
-    try:
-        return await request.post()
-    except (ValueError, HttpProcessingError) as exc:
-        raise InvalidArgument(f"The form could not be read: {_one_line(exc)}") from None
-
-
-def _one_line(exc: Exception) -> str:
-    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    return " ".join(str(text).split())[:200]
 
 
 async def check(request: web.Request) -> None:

@@ -15,7 +15,7 @@ from weightport.server.envelopes import json_response
 from weightport.server.hub.lookup import find
 from weightport.server.hub.paths import split_target
 from weightport.server.hub.shapes import last_commit_json, tree_entry_json
-from weightport.server.requests import query_bool
+from weightport.server.requests import query_bool, read_form
 from weightport.services.hub.tree import list_tree, paths_info
 
 #: Entries per page, as the Hub pages them (expanded entries cost more there).
@@ -58,7 +58,7 @@ async def tree(request: web.Request) -> web.Response:
 async def paths_info_route(request: web.Request) -> web.Response:
     """Entries for the form's ``paths`` that exist (missing ones are left out)."""
     target = split_target(request, api=True, path_required=False)
-    form = await request.post()
+    form = await read_form(request)
     paths = [p for p in form.getall("paths", []) if isinstance(p, str)]
     expand = str(form.get("expand", "false")).lower() in ("true", "1")
     found = await find(request, target.repo_id, target.revision)

@@ -36,4 +36,10 @@ def byte_responses(media_type: str) -> dict[str, Schema]:
             },
         },
         "304": {"description": "Not modified (If-None-Match matched)"},
+        "416": {
+            "description": "Range not satisfiable: `Content-Range: bytes */SIZE` and a one-line "
+            "text message",
+            "headers": {"Content-Range": {"schema": STRING}},
+            "content": {"text/plain": {"schema": STRING}},
+        },
     }

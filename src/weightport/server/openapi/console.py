@@ -199,7 +199,6 @@ def paths() -> dict[str, Schema]:
                     **byte_responses("application/zstd"),
                     "302": REDIRECT,
                     **_html(412, "If-Match did not match"),
-                    **_html(416, "Range not satisfiable"),
                 },
             )
         },

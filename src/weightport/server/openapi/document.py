@@ -6,18 +6,20 @@ import json
 from functools import cache
 from typing import Any
 
-from weightport.server.openapi import console, files, fireworks, together
+from weightport.server.openapi import console, files, fireworks, hub, together
 from weightport.server.openapi.kit import Schema, operation
 
 PATH = "/openapi.json"
 DESCRIPTION = """\
-weightport speaks three APIs over the same bytes: the Fireworks model API (signed URLs per
-file), the Together fine-tune API (one deterministic `.tar.zst` per artifact, with Range) and
-its own fine-tune registration routes, plus signed file URLs and a web console.
+weightport speaks four APIs over the same bytes: the Fireworks model API (signed URLs per
+file), the Together fine-tune API (one deterministic `.tar.zst` per artifact, with Range), the
+Hugging Face Hub read protocol under `/hf`, and its own fine-tune registration routes, plus
+signed file URLs and a web console.
 
 Errors come in the caller's envelope: `FireworksError` (google.rpc.Status) on `/v1/accounts`
 and `/files`, `TogetherError` on the Together and `/weightport/v1` routes, HTML pages in the
-console. Every error carries `x-should-retry`. Another account's resources answer 404, exactly
+console, `X-Error-Code` headers on `/hf`. Fireworks and Together errors carry
+`x-should-retry`. Another account's resources answer 404, exactly
 like missing ones. Every `GET` route also answers `HEAD` with the same headers and no body.
 """
 
@@ -50,6 +52,7 @@ def document() -> dict[str, Any]:
         **fireworks.paths(),
         **files.paths(),
         **together.paths(),
+        **hub.paths(),
         **console.paths(),
         **_self(),
     }
@@ -73,7 +76,7 @@ def document() -> dict[str, Any]:
                     "schema": {"type": "string", "enum": ["true", "false"]},
                 }
             },
-            "schemas": {**fireworks.schemas(), **together.schemas()},
+            "schemas": {**fireworks.schemas(), **together.schemas(), **hub.schemas()},
         },
     }
 

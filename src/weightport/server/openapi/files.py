@@ -54,7 +54,7 @@ def paths() -> dict[str, Schema]:
         ],
         responses={
             **byte_responses("application/octet-stream"),
-            **error_responses(ENVELOPE, (400, 403, 404, 412, 416, 503)),
+            **error_responses(ENVELOPE, (400, 403, 404, 412, 503)),
         },
     )
     upload = operation(

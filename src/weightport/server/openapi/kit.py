@@ -171,4 +171,7 @@ def links_to(operation_ids: Iterable[str], parameters: Mapping[str, str]) -> dic
 
 
 def binary_content(media_type: str = "application/octet-stream") -> Schema:
-    return {media_type: {"schema": {"type": "string", "format": "binary"}}}
+    """Bytes of ``media_type``; ``*/*`` (files served with their own type, e.g. a
+    ``config.json``) admits any body."""
+    schema: Schema = {} if media_type == "*/*" else {"type": "string", "format": "binary"}
+    return {media_type: {"schema": schema}}

@@ -209,7 +209,7 @@ def paths() -> dict[str, Schema]:
             param("checkpoint_step", "query", STEP),
             *REQUEST_HEADERS,
         ],
-        responses={**byte_responses("application/zstd"), **_errors(*COMMON, 412, 416)},
+        responses={**byte_responses("application/zstd"), **_errors(*COMMON, 412)},
     )
     head = {**download, "operationId": "headFineTuneDownload"}
     return {
