@@ -13,19 +13,12 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, fill
+from tests.disk_helpers import assert_insufficient_storage
 from tests.fw_helpers import FireworksApi
 
 #: Creates tried until the catalog meets the full disk (SQLite may first fill WAL space it
 #: already owns); a handful is typical, the bound only stops a broken server from looping.
 MAX_CATALOG_WRITES = 500
-
-
-def assert_insufficient_storage(response: httpx.Response) -> None:
-    assert response.status_code == 507, response.text
-    body = response.json()
-    assert set(body) == {"code", "message", "details"}
-    assert body["code"] == 8  # RESOURCE_EXHAUSTED
-    assert "disk is full" in body["message"]
 
 
 def test_full_disk(server_factory: Callable[..., LiveServer], small_disk: Path) -> None:
