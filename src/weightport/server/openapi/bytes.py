@@ -43,3 +43,14 @@ def byte_responses(media_type: str) -> dict[str, Schema]:
             "content": {"text/plain": {"schema": STRING}},
         },
     }
+
+
+#: A cached compressed archive on a presigning (S3) store: GET is sent to the store itself.
+REDIRECT_TO_STORE: dict[str, Schema] = {
+    "302": {
+        "description": "GET of a cached compressed archive on an S3 store: `Location` is a "
+        "short-lived presigned GET of the same bytes (Range is kept by clients); HEAD is "
+        "answered here",
+        "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+    }
+}

@@ -163,6 +163,23 @@ def schemas() -> dict[str, Schema]:
             },
             required=("filenameToUnsignedUris",),
         ),
+        "ImportModelRequest": obj(
+            {
+                "awsS3Source": obj(
+                    {"s3Uri": {"type": "string", "pattern": "^s3://"}}, required=("s3Uri",)
+                )
+            },
+            required=("awsS3Source",),
+        ),
+        "ImportModelOperation": obj(
+            {
+                "name": {"type": "string", "pattern": "^accounts/[^/]+/models/[^/]+/operations/"},
+                "done": {"type": "boolean", "enum": [True]},
+                "response": ref("Model"),
+            },
+            required=("name", "done", "response"),
+            description="A finished google.longrunning.Operation whose response is the model.",
+        ),
         "ValidateUploadResponse": obj({"warnings": array(STRING)}, required=("warnings",)),
         "Empty": obj({}, extra=False),
     }
@@ -276,6 +293,16 @@ def paths() -> dict[str, Schema]:
                 ok_json(ref("ValidateUploadResponse")),
                 parameters=query_bool,
                 errors=(*COMMON, 409, 507),
+            ),
+        },
+        ITEM + ":import": {
+            "post": _item_op(
+                "importModel",
+                "Fill an UPLOADING model from an S3 folder under one of the operator's "
+                "s3_import_prefixes (copied server-side, hashed); then validateUpload",
+                ok_json(ref("ImportModelOperation")),
+                body=json_body(ref("ImportModelRequest")),
+                errors=WRITES,
             ),
         },
         ITEM + ":prepare": {

@@ -8,7 +8,7 @@ registration routes (``/weightport/v1``) share.
 from __future__ import annotations
 
 from weightport.catalog.finetunes import MAX_STEP
-from weightport.server.openapi.bytes import REQUEST_HEADERS, byte_responses
+from weightport.server.openapi.bytes import REDIRECT_TO_STORE, REQUEST_HEADERS, byte_responses
 from weightport.server.openapi.kit import (
     INTEGER,
     NULLABLE_STRING,
@@ -209,7 +209,11 @@ def paths() -> dict[str, Schema]:
             param("checkpoint_step", "query", STEP),
             *REQUEST_HEADERS,
         ],
-        responses={**byte_responses("application/zstd"), **_errors(*COMMON, 412)},
+        responses={
+            **byte_responses("application/zstd"),
+            **REDIRECT_TO_STORE,
+            **_errors(*COMMON, 412),
+        },
     )
     head = {**download, "operationId": "headFineTuneDownload"}
     return {
