@@ -6,9 +6,10 @@
   429 with Retry-After (the cap on computed downloads per account) is asked again, as
   clients do, and counted apart.
 - 300 slowloris connections (headers trickled in) and 200 clients that request a 16 MiB
-  file (signed URL, Hub) or a merged archive and never read it: normal requests keep their latency (against an unloaded baseline from
-  the same test, generously), and once those clients leave, RSS and descriptors come back to
-  where a first such round left them (run twice: growth per round would be a leak).
+  file (signed URL, Hub) or a merged archive and never read it: normal requests keep their
+  latency (against an unloaded baseline from the same test, generously), and once those
+  clients leave, RSS and descriptors come back to where a first such round left them (run
+  twice: growth per round would be a leak).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def functions_in(module: Path) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("doc", ["docs/security.md"])
+@pytest.mark.parametrize("doc", ["docs/security.md", "docs/reliability.md"])
 def test_every_named_test_exists(doc: str) -> None:
     text = (ROOT / doc).read_text()
     references = set(REFERENCE.findall(text))
