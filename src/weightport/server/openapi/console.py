@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from weightport.catalog.registry import KINDS
+from weightport.server.console.audit_page import ACTIONS as AUDIT_ACTIONS
+from weightport.server.console.audit_page import PERIODS as AUDIT_PERIODS
 from weightport.server.openapi.bytes import REQUEST_HEADERS, byte_responses
 from weightport.server.openapi.kit import (
     INTEGER,
@@ -213,6 +215,18 @@ def paths() -> dict[str, Schema]:
         "/console/keys/{key_id}/revoke": {
             "post": _form(
                 "consoleRevokeKey", "Revoke an API key", {}, param("key_id", "path", STRING)
+            )
+        },
+        "/console/audit": {
+            "get": _page(
+                "consoleAudit",
+                "The download audit log (admin account), filterable, newest first",
+                param("account", "query", STRING),
+                param("key", "query", STRING),
+                param("action", "query", enum(sorted(AUDIT_ACTIONS))),
+                param("period", "query", enum(sorted(AUDIT_PERIODS))),
+                param("before", "query", STRING, description="Page token: older records"),
+                responses=_html(403, "Only the admin account reads the audit log"),
             )
         },
     }

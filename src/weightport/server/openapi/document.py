@@ -6,7 +6,7 @@ import json
 from functools import cache
 from typing import Any
 
-from weightport.server.openapi import console, files, fireworks, hub, together
+from weightport.server.openapi import console, files, fireworks, hub, operations, together
 from weightport.server.openapi.kit import Schema, operation
 
 PATH = "/openapi.json"
@@ -16,8 +16,9 @@ file), the Together fine-tune API (one deterministic `.tar.zst` per artifact, wi
 Hugging Face Hub read protocol under `/hf`, and its own fine-tune registration routes, plus
 signed file URLs and a web console.
 
-Errors come in the caller's envelope: `FireworksError` (google.rpc.Status) on `/v1/accounts`
-and `/files`, `TogetherError` on the Together and `/weightport/v1` routes, HTML pages in the
+Errors come in the caller's envelope: `FireworksError` (google.rpc.Status) on `/v1/accounts`,
+`/files` and the operator's routes, `TogetherError` on the Together and
+`/weightport/v1/fine-tunes` routes, HTML pages in the
 console, `X-Error-Code` headers on `/hf`. Fireworks and Together errors carry
 `x-should-retry`. Another account's resources answer 404, exactly
 like missing ones. Every `GET` route also answers `HEAD` with the same headers and no body.
@@ -54,6 +55,7 @@ def document() -> dict[str, Any]:
         **together.paths(),
         **hub.paths(),
         **console.paths(),
+        **operations.paths(),
         **_self(),
     }
     return {
@@ -76,7 +78,12 @@ def document() -> dict[str, Any]:
                     "schema": {"type": "string", "enum": ["true", "false"]},
                 }
             },
-            "schemas": {**fireworks.schemas(), **together.schemas(), **hub.schemas()},
+            "schemas": {
+                **fireworks.schemas(),
+                **together.schemas(),
+                **hub.schemas(),
+                **operations.schemas(),
+            },
         },
     }
 
