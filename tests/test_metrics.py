@@ -163,6 +163,21 @@ def test_metrics_need_an_admin_key(live_server: LiveServer) -> None:
     )
 
 
+def test_every_fireworks_verb_has_its_own_route_label(live_server: LiveServer) -> None:
+    # Unknown verbs fold into one label; a real one (":import" was missed once) keeps its own.
+    url = f"{live_server.base_url}/metrics"
+    api = FireworksApi(live_server.base_url, "admin", live_server.admin_key)
+    before = scrape(url, live_server.admin_key)
+    assert api.http.post(f"{api.base}/demo-llama:import", json={}).status_code == 400
+    assert api.http.post(f"{api.base}/demo-llama:nonsense", json={}).status_code == 404
+    api.close()
+    after = scrape(url, live_server.admin_key)
+    route = "/v1/accounts/{account}/models/{model}"
+    counter = "weightport_http_requests_total"
+    assert moved(before, after, counter, method="POST", route=route + ":import", status="400") == 1
+    assert moved(before, after, counter, method="POST", route=route + ":{verb}", status="404") == 1
+
+
 def test_metrics_on_their_own_port(
     server_factory: Callable[..., LiveServer], tmp_path: Path
 ) -> None:

@@ -72,7 +72,6 @@ def _split(request: web.Request) -> tuple[str, str | None, str | None]:
     return account, model_id, unquote(verb) or None
 
 
-VERBS = frozenset({"getDownloadEndpoint", "getUploadEndpoint", "validateUpload", "prepare"})
 COLLECTION_ROUTE = "/v1/accounts/{account}/models"
 
 
@@ -80,7 +79,8 @@ def _route_template(model_id: str | None, verb: str | None) -> str:
     """The route template for logs and metrics: ids left out, unknown verbs folded into one."""
     if model_id is None:
         return COLLECTION_ROUTE
-    suffix = "" if verb is None else f":{verb}" if verb in VERBS else ":{verb}"
+    known = any(v == verb for _, v in MODEL_VERBS)
+    suffix = "" if verb is None else f":{verb}" if known else ":{verb}"
     return f"{COLLECTION_ROUTE}/{{model}}{suffix}"
 
 
