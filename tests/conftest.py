@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from tests.pg_cluster import PostgresCluster
 from tests.seaweedfs import SeaweedFS, running_seaweedfs
 from tests.stacks import STACKS, stack_env
 from weightport import demo
@@ -209,3 +210,22 @@ def fill(disk: Path) -> Path:
                 block = block[: len(block) // 2]
                 if not block:
                     return filler
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL 15 cluster for the session, stopped and deleted at the end."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty catalog database on each engine: SQLite in a file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.create_database()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -24,8 +25,8 @@ from weightport.errors import (
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[Catalog]:
-    opened = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    opened = Catalog.open(catalog_url)
     opened.call(lambda s: accounts.create_account(s, "acct"))
     yield opened
     opened.close()
@@ -174,3 +175,23 @@ def test_fine_tune_rules(catalog: Catalog) -> None:
     assert done.status == "completed" and [c.step for c in done.checkpoints] == [10, 20]
     with pytest.raises(NotFound):
         catalog.call(lambda s: finetunes.get_fine_tune(s, "other", job.id))
+
+
+def test_processes_starting_together_migrate_once(catalog_url: str) -> None:
+    # Each process opens the catalog exactly as `weightport serve` does; without the start-up
+    # lock they race to create the same tables and the alembic version row.
+    script = "import sys; from weightport.catalog.db import Catalog; Catalog.open(sys.argv[1])"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, catalog_url], stderr=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    outcomes = [(p.communicate()[1], p.returncode) for p in processes]
+    assert [err.decode() for err, code in outcomes if code != 0] == []
+    opened = Catalog.open(catalog_url, upgrade=False)
+    try:
+        with opened.engine.connect() as connection:
+            versions = connection.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert len(versions) == 1 and diff == []
+    finally:
+        opened.close()

@@ -1,27 +1,45 @@
-"""Opening the catalog: engine, SQLite pragmas, migrations, and running work off the loop."""
+"""Opening the catalog: engines for SQLite and PostgreSQL, migrations, transactions off the loop.
+
+Transactions come in two kinds. A *write* transaction (the default) may read and then write
+on what it read, so it must see no concurrent writer in between: on PostgreSQL the catalog
+functions lock the rows they change (``SELECT … FOR UPDATE``); on SQLite the transaction
+starts with ``BEGIN IMMEDIATE``, taking the database's single write lock up front (a deferred
+transaction that read before another process committed could not write at all: SQLite answers
+``SQLITE_BUSY_SNAPSHOT`` at once instead of waiting). A *read-only* transaction starts with a
+plain ``BEGIN``: in WAL mode it reads one consistent snapshot and never waits for writers, so
+the hot read paths of N worker processes never queue behind each other.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from weightport.catalog.db_errors import translate
+from weightport.catalog.locks import startup_lock
 from weightport.observability import metrics
 
 T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+_READONLY = "weightport_readonly"
+#: Connections each process keeps open to PostgreSQL (and as many more under bursts).
+PG_POOL_SIZE = 10
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver: pysqlite would otherwise start transactions only before DML,
+    # so reads and DDL ran outside them; _sqlite_begin issues BEGIN itself instead.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     # WAL: readers never block the writer; NORMAL is durable across process crashes in WAL.
     cur.execute("PRAGMA journal_mode=WAL")
@@ -31,27 +49,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    readonly = conn.get_execution_options().get(_READONLY, False)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def database_url(url: str) -> str:
+    """``url`` with the driver weightport uses spelled out (``postgresql://`` → psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    return make_url(database_url(url)).render_as_string(hide_password=True)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` (SQLite or PostgreSQL), configured for a server."""
+    url = database_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pre_ping: a connection the database dropped (restart, failover, idle timeout) is
+    # replaced on checkout instead of failing the request that drew it.
+    return create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
 
 
-def alembic_config(engine: Engine) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["engine"] = engine
-    return cfg
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
-    command.upgrade(alembic_config(engine), "head")
+def _upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration, in one transaction (idempotent)."""
+    with engine.begin() as connection:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
 
 
 class Catalog:
@@ -60,25 +95,45 @@ class Catalog:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            engine.execution_options(**{_READONLY: True}), expire_on_commit=False
+        )
 
     @classmethod
     def open(cls, url: str, *, upgrade: bool = True) -> Catalog:
-        engine = make_engine(url)
+        """Open the catalog at ``url``; with ``upgrade``, migrate it first (under the lock)."""
+        catalog = cls(make_engine(url))
         if upgrade:
-            migrate(engine)
-        return cls(engine)
+            with catalog.starting():
+                pass
+        return catalog
+
+    @contextmanager
+    def starting(self) -> Iterator[None]:
+        """Hold the start-up lock with the schema up to date, for one-time work at start.
+
+        Every process that shares this catalog (replicas on other machines, workers, CLI
+        commands) takes the same lock, so migrations, the first admin key and the demo seed
+        happen exactly once however many of them start together.
+        """
+        with startup_lock(self.engine):
+            _upgrade(self.engine)
+            yield
 
     def session(self) -> Session:
         return self._sessions()
 
-    def call(self, fn: Callable[[Session], T]) -> T:
+    def call(self, fn: Callable[[Session], T], *, readonly: bool = False) -> T:
         """Run ``fn`` in one transaction: commit if it returns, roll back if it raises.
 
+        ``readonly`` promises that ``fn`` only reads; it then never waits for writers.
         Ordinary database conditions (a constraint a concurrent request won, a full disk, a
-        busy database) leave as the matching :class:`~weightport.errors.WeightportError`.
+        busy or unreachable database) leave as the matching
+        :class:`~weightport.errors.WeightportError`.
         """
+        sessions = self._read_sessions if readonly else self._sessions
         try:
-            with self._sessions.begin() as session:
+            with sessions.begin() as session:
                 return fn(session)
         except DBAPIError as exc:
             translated = translate(exc)
@@ -87,9 +142,9 @@ class Catalog:
                 raise
             raise translated from exc
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
+    async def run(self, fn: Callable[[Session], T], *, readonly: bool = False) -> T:
         """:meth:`call` in a worker thread, for async code."""
-        return await asyncio.to_thread(self.call, fn)
+        return await asyncio.to_thread(self.call, fn, readonly=readonly)
 
     def close(self) -> None:
         self.engine.dispose()
