@@ -83,6 +83,9 @@ class Settings:
     archive_prebuild: bool = False
     archive_level: int = 3
     archive_threads: int = 2
+    #: Seconds a replica's claim on an archive build lasts without renewal; a build whose
+    #: builder died is taken over by another replica after this long.
+    archive_build_lease: int = 60
     #: Signing keys "kid:secret,kid2:secret2"; the first signs, all verify. Empty: a key
     #: generated once and kept in the data directory (one machine only).
     signing_keys: str = ""
@@ -134,6 +137,7 @@ class Settings:
             "s3_max_put_size",
             "staging_max_age",
             "console_session_ttl",
+            "archive_build_lease",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")

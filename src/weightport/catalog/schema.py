@@ -234,8 +234,14 @@ class ArchiveBuild(Base):
     fine_tune_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     step: Mapped[int | None] = mapped_column(Integer, default=None)
     artifact: Mapped[str | None] = mapped_column(String(16), default=None)
-    #: pending, building, ready, failed
+    #: pending, building, ready, failed (``services.archive_builds.BuildState``)
     state: Mapped[str] = mapped_column(String(16), default="pending")
+    #: The process building it (``host:pid:nonce``) while ``building``; leases let another
+    #: replica re-take a build whose owner stopped renewing (it died).
+    owner: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    #: Claims so far; a build whose owners keep dying is failed after a few.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     blob_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -282,3 +288,5 @@ class AuditRecord(Base):
 Index("ix_models_account_created", Model.account_id, Model.created_at)
 Index("ix_audit_records_account_first", AuditRecord.account_id, AuditRecord.first_at)
 Index("ix_fine_tunes_account_created", FineTune.account_id, FineTune.created_at)
+#: Builders look for work (pending, or building with an expired lease) on every sweep.
+Index("ix_archive_builds_state_lease", ArchiveBuild.state, ArchiveBuild.lease_until)

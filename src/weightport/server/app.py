@@ -31,6 +31,7 @@ from weightport.server.protocol import http_version_middleware, install_malforme
 from weightport.server.shutdown import report_stops
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.audit import AuditLog
+from weightport.services.finetune_archives import PlanCache
 from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
 from weightport.storage.factory import open_store
@@ -85,10 +86,15 @@ def build_context(settings: Settings) -> ServerContext:
     # The store first: a storage_url it refuses stops the start before any migration runs.
     store = open_store(settings, housekeeping=True)
     catalog = Catalog.open(settings.effective_database_url)
+    plans = PlanCache()
     builder = ArchiveBuilder(
-        catalog, store, level=settings.archive_level, threads=settings.archive_threads
+        catalog,
+        store,
+        plans,
+        level=settings.archive_level,
+        threads=settings.archive_threads,
+        lease=settings.archive_build_lease,
     )
-    builder.recover()
     audit = (
         AuditLog(
             catalog, window=settings.audit_window, retention_days=settings.audit_retention_days
@@ -104,6 +110,7 @@ def build_context(settings: Settings) -> ServerContext:
         builder=builder,
         key_status=KeyStatusCache(catalog, settings.revocation_delay),
         audit=audit,
+        plans=plans,
     )
 
 
@@ -134,6 +141,8 @@ def create_app(ctx: ServerContext) -> web.Application:
     openapi.add_routes(app)
 
     async def prebuild(_app: web.Application) -> None:
+        # Builds queued by any replica, or left by one that died, are claimed from here on.
+        ctx.builder.start()
         # Checkpoints imported while the server was down get their builds now.
         if ctx.settings.archive_prebuild:
             await asyncio.to_thread(_prebuild_all, ctx)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -38,7 +38,7 @@ class ServerContext:
     signer: UrlSigner
     builder: ArchiveBuilder
     key_status: KeyStatusCache
-    plans: PlanCache = field(default_factory=PlanCache)
+    plans: PlanCache
     read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
     hub_files: RevisionFilesCache = field(default_factory=RevisionFilesCache)
     staged: StagedLanding = field(default_factory=StagedLanding)
