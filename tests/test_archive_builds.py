@@ -7,6 +7,7 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,20 @@ class Fixture:
         raise AssertionError(f"build stayed {self.row().state}")
 
 
+def full_fine_tune_with_noise(catalog: Catalog, store: BlobStore, noise: int) -> str:
+    """A Full fine-tune whose checkpoint carries ``noise`` random bytes: slow to compress."""
+    files = {**demo.demo_base_files(), "noise.bin": os.urandom(noise)}
+    spec = CheckpointSpec(20, finetunes.FINAL, finetunes.MODEL, store_files(store, files))
+    return register_fine_tune(
+        catalog,
+        store,
+        "acct",
+        base_model_id="base",
+        training_type=finetunes.FULL,
+        checkpoints=[spec],
+    )
+
+
 @pytest.fixture
 def builds(catalog_url: str, tmp_path: Path) -> Iterator[Fixture]:
     catalog = Catalog.open(catalog_url)
@@ -90,8 +105,8 @@ def builds(catalog_url: str, tmp_path: Path) -> Iterator[Fixture]:
     plan = plans.get(store, job, select_artifact(job, "merged", None))
     made: list[ArchiveBuilder] = []
 
-    def make_builder(lease: float = 30) -> ArchiveBuilder:
-        builder = ArchiveBuilder(catalog, store, PlanCache(), level=3, threads=1, lease=lease)
+    def make_builder(lease: float = 30, level: int = 3) -> ArchiveBuilder:
+        builder = ArchiveBuilder(catalog, store, PlanCache(), level=level, threads=1, lease=lease)
         made.append(builder)
         return builder
 
@@ -168,3 +183,22 @@ def test_a_builder_that_lost_its_claim_learns_it_at_its_next_renewal(builds: Fix
     with pytest.raises(BuildLost):
         builder.renew(claim.digest, 6)
     assert (builds.row().owner, builds.row().done_bytes) == ("thief:1:b", 5)
+
+
+def test_a_long_build_keeps_its_claim_by_renewing_its_lease(builds: Fixture) -> None:
+    # Random bytes at level 19 take seconds to compress: several times the lease.
+    ft_id = full_fine_tune_with_noise(builds.catalog, builds.store, 6 << 20)
+    job = builds.catalog.call(lambda s: s.get(FineTune, ft_id))
+    assert job is not None
+    builds.plan = PlanCache().get(
+        builds.store, job, select_artifact(job, "model_output_path", None)
+    )
+    builder, rival = builds.make_builder(lease=1.5, level=19), builds.make_builder(lease=1.5)
+    builder.start()
+    assert builder.submit(builds.plan, BuildTarget(ft_id, 20, "model"))
+    builds.wait_for(BuildState.BUILDING)
+    rival.start()  # sweeps every half second, ready to take over an expired lease
+    build = builds.wait_for(BuildState.READY, BuildState.FAILED)
+    assert (build.state, build.attempts, build.level) == (BuildState.READY, 1, 19)
+    updated = build.updated_at - build.created_at
+    assert updated > timedelta(seconds=3), "the build was too quick to test its heartbeat"
