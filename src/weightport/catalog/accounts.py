@@ -24,6 +24,7 @@ ACCOUNT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 KEY_PREFIX = "wp_"
 #: The account created on first start; it alone manages keys in the web console.
 ADMIN_ACCOUNT = "admin"
+MAX_KEY_NAME = 255  # its column's width
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def ensure_account(session: Session, account_id: str) -> Account:
 
 
 def create_key(session: Session, account_id: str, name: str = "") -> IssuedKey:
+    if len(name) > MAX_KEY_NAME or "\x00" in name:
+        raise InvalidArgument(f"a key name has at most {MAX_KEY_NAME} characters and no NUL")
     if session.get(Account, account_id) is None:
         raise NotFound(f'account "{account_id}" not found')
     key_id = secrets.token_hex(6)

@@ -20,12 +20,14 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from weightport.catalog.db_errors import translate
 from weightport.catalog.locks import startup_lock
+from weightport.errors import Unavailable
 from weightport.observability import metrics
 
 T = TypeVar("T")
@@ -60,11 +62,6 @@ def database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url.removeprefix(prefix)
     return url
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    return make_url(database_url(url)).render_as_string(hide_password=True)
 
 
 def make_engine(url: str) -> Engine:
@@ -116,9 +113,17 @@ class Catalog:
         commands) takes the same lock, so migrations, the first admin key and the demo seed
         happen exactly once however many of them start together.
         """
-        with startup_lock(self.engine):
-            _upgrade(self.engine)
-            yield
+        try:
+            with startup_lock(self.engine):
+                _upgrade(self.engine)
+                yield
+        except DBAPIError as exc:
+            translated = translate(exc)
+            if not isinstance(translated, Unavailable):
+                raise
+            where = self.engine.url.render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            raise Unavailable(f"cannot reach the catalog database {where}: {reason}") from exc
 
     def session(self) -> Session:
         return self._sessions()
@@ -141,6 +146,10 @@ class Catalog:
             if translated is None:
                 raise
             raise translated from exc
+        except PoolTimeout as exc:
+            raise Unavailable(
+                "every catalog database connection of this server is busy; retry shortly"
+            ) from exc
 
     async def run(self, fn: Callable[[Session], T], *, readonly: bool = False) -> T:
         """:meth:`call` in a worker thread, for async code."""

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from enum import Enum
 
-from sqlalchemy.exc import DBAPIError, IntegrityError
+import psycopg
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from weightport.errors import (
     Aborted,
     FailedPrecondition,
     InsufficientStorage,
+    InvalidArgument,
     Unavailable,
     WeightportError,
 )
@@ -42,6 +44,11 @@ _SQLITE_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT", "SQLITE_LOCKED"
 # serialization / deadlock / lock-timeout family a retry resolves.
 _PG_UNIQUE, _PG_FOREIGN_KEY, _PG_DISK_FULL = "23505", "23503", "53100"
 _PG_RETRY = frozenset({"40001", "40P01", "55P03"})
+# The server going away or refusing connections: admin/crash shutdown, starting up, too
+# many connections, a statement cancelled by statement_timeout. Class 08 is the
+# connection-exception class.
+_PG_UNREACHABLE = frozenset({"57P01", "57P02", "57P03", "53300", "57014"})
+_SQLITE_UNREADABLE = frozenset({"SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_IOERR_READ"})
 
 
 def _codes(exc: DBAPIError) -> tuple[str, str]:
@@ -87,4 +94,29 @@ def translate(exc: DBAPIError) -> WeightportError | None:
     sqlite_name, sqlstate = _codes(exc)
     if sqlite_name in _SQLITE_BUSY or sqlstate in _PG_RETRY:
         return Unavailable("the catalog database is busy; retry shortly")
+    if is_unreachable(exc):
+        return Unavailable(
+            "the catalog database is unreachable (connection refused or lost); retry shortly"
+        )
+    if isinstance(exc, DataError):
+        # Values are checked before they reach the database; this is the backstop for a
+        # value one engine takes and the other refuses (PostgreSQL text cannot hold NUL).
+        return InvalidArgument("a value in this request cannot be stored in the catalog")
     return None
+
+
+def is_unreachable(exc: DBAPIError) -> bool:
+    """Whether ``exc`` says the database cannot be reached (rather than refusing a statement).
+
+    SQLAlchemy marks errors its dialect recognises as a dropped connection
+    (``connection_invalidated``); a psycopg ``OperationalError`` with no SQLSTATE is one the
+    client raised itself (connection refused, server closed the connection).
+    """
+    if exc.connection_invalidated:
+        return True
+    sqlite_name, sqlstate = _codes(exc)
+    if sqlstate.startswith("08") or sqlstate in _PG_UNREACHABLE:
+        return True
+    if sqlite_name in _SQLITE_UNREADABLE:
+        return True
+    return isinstance(exc.orig, psycopg.OperationalError) and not sqlstate

@@ -25,6 +25,7 @@ INTERMEDIATE, FINAL = "intermediate", "final"
 MAX_STEP = 2**31 - 1
 ADAPTER, MODEL = "adapter", "model"
 FT_ID = re.compile(r"^ft-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_OUTPUT_NAME = 512  # its column's width
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?$")
 
 
@@ -51,9 +52,17 @@ def new_id() -> str:
     return f"ft-{uuid.uuid4()}"
 
 
-def get_fine_tune(session: Session, account_id: str, ft_id: str) -> FineTune:
-    """The job, if it belongs to the account; other accounts' jobs are "not found" too."""
-    job = session.get(FineTune, ft_id) if FT_ID.match(ft_id) else None
+def get_fine_tune(session: Session, account_id: str, ft_id: str, *, lock: bool = False) -> FineTune:
+    """The job, if it belongs to the account; other accounts' jobs are "not found" too.
+
+    ``lock`` keeps the job's row locked until the transaction ends (see
+    :func:`weightport.catalog.registry.get_model`).
+    """
+    if not FT_ID.match(ft_id):
+        raise NotFound(f"Fine-tune job {ft_id} not found", param="ft_id")
+    # OF the job's own table: its base model comes in by an outer join, which PostgreSQL
+    # cannot lock.
+    job = session.get(FineTune, ft_id, with_for_update={"of": FineTune} if lock else None)
     if job is None or job.account_id != account_id:
         raise NotFound(f"Fine-tune job {ft_id} not found", param="ft_id")
     return job
@@ -93,9 +102,10 @@ def create_fine_tune(
     if not model_output_name:
         tag = f"-{suffix}" if suffix else ""
         model_output_name = f"{account_id}/{base_model_id}{tag}-{ft_id[3:11]}"
-    if not OUTPUT_NAME.match(model_output_name):
+    if len(model_output_name) > MAX_OUTPUT_NAME or not OUTPUT_NAME.match(model_output_name):
         raise InvalidArgument(
-            f"model_output_name {model_output_name!r}: use 'owner/name' with letters, "
+            f"model_output_name {model_output_name!r}: use 'owner/name' (at most "
+            f"{MAX_OUTPUT_NAME} characters) with letters, "
             "digits, '.', '_' and '-'"
         )
     job = FineTune(
@@ -125,7 +135,8 @@ def add_checkpoint(
     files: Sequence[FileRef],
 ) -> Checkpoint:
     """Attach a checkpoint; a final checkpoint completes the job."""
-    job = get_fine_tune(session, account_id, ft_id)
+    # Locked: "one final checkpoint" is checked here, not by a constraint.
+    job = get_fine_tune(session, account_id, ft_id, lock=True)
     validate_step(step)
     if kind not in (INTERMEDIATE, FINAL):
         raise InvalidArgument(f"checkpoint kind must be {INTERMEDIATE} or {FINAL}")

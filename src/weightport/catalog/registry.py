@@ -80,10 +80,20 @@ def validate_model_id(model_id: str) -> str:
     return model_id
 
 
-def get_model(session: Session, account_id: str, model_id: str) -> Model:
-    model = session.scalar(
-        select(Model).where(Model.account_id == account_id, Model.model_id == model_id)
-    )
+def get_model(session: Session, account_id: str, model_id: str, *, lock: bool = False) -> Model:
+    """The model, or :class:`NotFound`.
+
+    ``lock`` is for changes that depend on what was read (a model turning READY only if
+    every file landed): the row stays locked until the transaction ends, so a concurrent
+    change of the same model on any replica waits instead of interleaving. (On SQLite the
+    write transaction already holds the database's one write lock.)
+    """
+    if not MODEL_ID.match(model_id):
+        # Ids are checked at creation: one that fails the check names no model (and may hold
+        # characters, such as NUL, that PostgreSQL cannot even compare).
+        raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
+    query = select(Model).where(Model.account_id == account_id, Model.model_id == model_id)
+    model = session.scalar(query.with_for_update() if lock else query)
     if model is None:
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
     return model
@@ -111,6 +121,8 @@ def _apply_fields(model: Model, fields: Mapping[str, Any]) -> None:
         if column in ("display_name", "description"):
             if not isinstance(value, str):
                 raise InvalidArgument(f"{key} must be a string")
+            if "\x00" in value:
+                raise InvalidArgument(f"{key} must not contain NUL characters")
             limit = 64 if column == "display_name" else 1000
             if len(value) >= limit:
                 raise InvalidArgument(f"{key} must be shorter than {limit} characters")
@@ -149,7 +161,7 @@ def create_model(
 def update_model(
     session: Session, account_id: str, model_id: str, fields: Mapping[str, Any]
 ) -> Model:
-    model = get_model(session, account_id, model_id)
+    model = get_model(session, account_id, model_id, lock=True)
     _apply_fields(model, fields)
     model.updated_at = utcnow()
     session.flush()
@@ -163,7 +175,7 @@ def delete_model(session: Session, account_id: str, model_id: str) -> list[str]:
     them): their merged downloads are computed from it. Checkpoints registered from a model
     keep their own references to its blobs, so deleting that model does not affect them.
     """
-    model = get_model(session, account_id, model_id)
+    model = get_model(session, account_id, model_id, lock=True)
     _refuse_if_base_model(session, model)
     keys = [f.sha256 for f in model.files if f.sha256]
     session.delete(model)
@@ -213,6 +225,8 @@ def _parse_filter(query: Select[Model], text: str) -> Select[Model]:
                 + ", ".join(sorted(FILTER_FIELDS))
             )
         field, op, value = match.groups()
+        if "\x00" in value:
+            raise InvalidArgument("filter values must not contain NUL characters")
         column = FILTER_FIELDS[field]
         if field == "name" and value.startswith("accounts/"):
             value = value.rsplit("/", 1)[-1]

@@ -186,7 +186,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             raise NotFound(f"file {path!r} of model {model_id!r} is no longer available")
         return file.declared_size
 
-    size = await ctx.catalog.run(find)
+    size = await ctx.catalog.run(find, readonly=True)
     entity = Entity(size=size, etag=sha256, filename=posixpath.basename(path))
     body = blob_body(ctx.store, sha256, size)
     subject = Subject(account, registry.resource_name(account, model_id), "file", file=path)

@@ -17,6 +17,7 @@ from weightport.errors import (
     MethodNotAllowed,
     RangeNotSatisfiable,
     StillWorking,
+    Unavailable,
     WeightportError,
 )
 from weightport.server.hub import PREFIX as HUB_PREFIX
@@ -74,6 +75,9 @@ def error_response(error: WeightportError, dialect: Dialect) -> web.Response:
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, MethodNotAllowed) and error.allowed:
         headers["Allow"] = ", ".join(error.allowed)
+    if isinstance(error, Unavailable):
+        # A busy or briefly unreachable catalog: worth another try in a moment.
+        headers["Retry-After"] = "1"
     return web.Response(
         status=error.status,
         text=json.dumps(error_body(error, dialect)),

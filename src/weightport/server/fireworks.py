@@ -142,7 +142,7 @@ async def list_models(request: web.Request, account: str) -> web.Response:
             "totalSize": page.total_size,
         }
 
-    return json_response(await ctx.catalog.run(run))
+    return json_response(await ctx.catalog.run(run, readonly=True))
 
 
 async def create_model(request: web.Request, account: str) -> web.Response:
@@ -166,7 +166,9 @@ async def create_model(request: web.Request, account: str) -> web.Response:
 async def get_model(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     mask = parse_read_mask(request.query.get("readMask"), MODEL_FIELDS)
-    model = await ctx.catalog.run(lambda s: model_json(registry.get_model(s, account, model_id)))
+    model = await ctx.catalog.run(
+        lambda s: model_json(registry.get_model(s, account, model_id)), readonly=True
+    )
     return json_response(apply_read_mask(model, mask))
 
 
@@ -193,7 +195,7 @@ async def delete_model(request: web.Request, account: str, model_id: str) -> web
 async def prepare(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     await json_body(request, required=False)
-    await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id))
+    await ctx.catalog.run(lambda s: registry.get_model(s, account, model_id), readonly=True)
     return json_response({})
 
 
@@ -309,7 +311,9 @@ async def _parse_config(request: web.Request, key: str) -> dict[str, Any]:
 async def get_download_endpoint(request: web.Request, account: str, model_id: str) -> web.Response:
     ctx = context_of(request)
     mask = parse_read_mask(request.query.get("readMask"), DOWNLOAD_FIELDS)
-    model = await ctx.catalog.run(lambda s: registry.get_downloadable(s, account, model_id))
+    model = await ctx.catalog.run(
+        lambda s: registry.get_downloadable(s, account, model_id), readonly=True
+    )
     base = ctx.public_base(request)
     minted_by = caller_of(request).key_id
     landed = [f for f in model.files if f.sha256 is not None]

@@ -40,7 +40,7 @@ async def authenticate(request: web.Request) -> accounts.Caller:
     """The account and key id of the bearer key on the request, or :class:`Unauthenticated`."""
     secret = bearer_secret(request)
     ctx = context_of(request)
-    caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret))
+    caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret), readonly=True)
     request[CALLER] = caller
     return caller
 

@@ -55,7 +55,7 @@ async def list_jobs(request: web.Request) -> web.Response:
             "data": [fine_tune_json(j, archive_builds_of(session, j.id)) for j in jobs],
         }
 
-    return json_response(await ctx.catalog.run(run))
+    return json_response(await ctx.catalog.run(run, readonly=True))
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -66,7 +66,7 @@ async def get_job(request: web.Request) -> web.Response:
         job = finetunes.get_fine_tune(session, account, ft_id)
         return fine_tune_json(job, archive_builds_of(session, ft_id))
 
-    return json_response(await context_of(request).catalog.run(run))
+    return json_response(await context_of(request).catalog.run(run, readonly=True))
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
@@ -78,7 +78,7 @@ async def list_checkpoints(request: web.Request) -> web.Response:
         rows = [row for c in reversed(job.checkpoints) for row in checkpoint_entries(job, c)]
         return {"object": "list", "data": rows}
 
-    return json_response(await context_of(request).catalog.run(run))
+    return json_response(await context_of(request).catalog.run(run, readonly=True))
 
 
 async def _resolve(request: web.Request) -> tuple[FineTune, Selection]:
@@ -89,7 +89,7 @@ async def _resolve(request: web.Request) -> tuple[FineTune, Selection]:
     if not ft_id.startswith("ft-"):
         raise InvalidArgument(f"ft_id must start with 'ft-', got {ft_id!r}", param="ft_id")
     ctx = context_of(request)
-    job = await ctx.catalog.run(lambda s: finetunes.get_fine_tune(s, account, ft_id))
+    job = await ctx.catalog.run(lambda s: finetunes.get_fine_tune(s, account, ft_id), readonly=True)
     selection = select_artifact(
         job, request.query.get("checkpoint"), request.query.get("checkpoint_step")
     )
