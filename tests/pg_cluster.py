@@ -77,6 +77,33 @@ class PostgresCluster:
         """The libpq connection string of ``database``, for psycopg and ``psql``."""
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
 
+    def _pg_ctl(self, *args: str) -> None:
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), *args])
+
+    def halt(self) -> None:
+        """Stop the server but keep its data (an outage); :meth:`resume` brings it back."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+        self.running = False
+
+    def resume(self) -> None:
+        """Start the server again on the same port with the same data."""
+        self._pg_ctl("-l", str(self.root / "server.log"), "-o", self._options(), "-w", "start")
+        self.running = True
+
+    def _options(self) -> str:
+        return " ".join(
+            [
+                f"-c port={self.port}",
+                "-c listen_addresses=127.0.0.1",
+                f"-c unix_socket_directories={self.root}",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+                # Several servers with their own pools, plus the tests' connections.
+                "-c max_connections=400",
+            ]
+        )
+
     def start(self) -> PostgresCluster:
         reap_abandoned()
         if os.geteuid() == 0:
@@ -98,34 +125,7 @@ class PostgresCluster:
                 "--no-sync",
             ]
         )
-        options = " ".join(
-            [
-                f"-c port={self.port}",
-                "-c listen_addresses=127.0.0.1",
-                f"-c unix_socket_directories={self.root}",
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
-                # Several servers with their own pools, plus the tests' connections.
-                "-c max_connections=400",
-            ]
-        )
-        _run(
-            [
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-l",
-                str(self.root / "server.log"),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
-        self.running = True
+        self.resume()
         return self
 
     def create_database(self, name: str = "") -> str:
@@ -139,7 +139,7 @@ class PostgresCluster:
         """Stop the cluster at once (nothing in it is worth a clean shutdown) and delete it."""
         if self.running:
             with contextlib.suppress(RuntimeError):
-                _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"])
+                self._pg_ctl("-m", "immediate", "stop")
             self.running = False
         shutil.rmtree(self.root, ignore_errors=True)
 

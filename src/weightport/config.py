@@ -8,6 +8,7 @@ boolean spelled ``"maybe"`` is an error, never a silent default. Nothing is read
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,7 +34,11 @@ class Settings:
     data_dir: Path = Path("weightport-data")
     #: Address to bind. Loopback by default: expose deliberately.
     host: str = "127.0.0.1"
+    #: Port to listen on.
     port: int = 8700
+    #: Server processes on this machine sharing the port (``serve --workers``); each is a
+    #: full server, so N workers are N replicas on one box.
+    workers: int = 1
     #: SQLAlchemy URL; empty means SQLite in the data directory.
     database_url: str = ""
     #: Where blobs live: empty means the local store in ``DATA_DIR/store``; a path or
@@ -64,8 +69,9 @@ class Settings:
     staging_max_age: int = 86400
     #: Base URL clients reach this server at, used in signed URLs. Empty: from the request.
     public_url: str = ""
-    #: Lifetime of signed download / upload URLs, seconds.
+    #: Lifetime of signed download URLs, seconds.
     download_url_ttl: int = 3600
+    #: Lifetime of signed upload URLs, seconds.
     upload_url_ttl: int = 3600
     #: Seconds a revoked API key's signed URLs may still be served: how long a replica
     #: trusts an "active" answer about the key that minted a URL. 0: ask the catalog always.
@@ -81,18 +87,22 @@ class Settings:
     archive_encoding: str = "auto"
     #: Build compressed archives in the background when checkpoints arrive.
     archive_prebuild: bool = False
+    #: zstd level of compressed archive builds (1-22).
     archive_level: int = 3
+    #: Threads one compressed archive build uses.
     archive_threads: int = 2
     #: Seconds a replica's claim on an archive build lasts without renewal; a build whose
     #: builder died is taken over by another replica after this long.
     archive_build_lease: int = 60
     #: Signing keys "kid:secret,kid2:secret2"; the first signs, all verify. Empty: a key
-    #: generated once and kept in the data directory (one machine only).
+    #: generated once and kept in the data directory (one machine only; required with a
+    #: PostgreSQL catalog, where replicas must share keys).
     signing_keys: str = ""
     #: How long a web console sign-in lasts, seconds.
     console_session_ttl: int = 12 * 3600
     #: Seed the demo model and fine-tune on first start.
     seed_demo: bool = False
+    #: Server log level: debug, info, warning or error.
     log_level: str = "info"
     #: The access log: one line per request, ``logfmt`` or ``json``; ``off`` writes none.
     access_log: str = "logfmt"
@@ -138,6 +148,7 @@ class Settings:
             "staging_max_age",
             "console_session_ttl",
             "archive_build_lease",
+            "workers",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
@@ -246,3 +257,45 @@ def load_settings(
     merged.update(given)
     values = {name: _coerce(name, raw) for name, raw in merged.items()}
     return Settings(**values).validate()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as the ``WEIGHTPORT_*`` environment that reproduces it exactly (for the
+    worker processes of ``serve --workers``)."""
+    return {ENV_PREFIX + name.upper(): _as_text(getattr(settings, name)) for name in _FIELDS}
+
+
+def _as_text(value: object) -> str:
+    """A setting's value as its environment variable spells it."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting as the documentation shows it."""
+
+    name: str
+    env: str
+    default: str
+    help: str
+
+
+def documented_settings() -> list[SettingDoc]:
+    """Every setting with its environment variable, default and the ``#:`` comment above
+    its field in :class:`Settings` (the one place settings are explained)."""
+    comments: list[str] = []
+    helps: dict[str, str] = {}
+    for line in inspect.getsource(Settings).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            comments.append(text[2:].strip())
+            continue
+        name = text.split(":", 1)[0]
+        if name in _FIELDS and not text.startswith(("def ", "@")):
+            helps[name] = " ".join(comments)
+        comments = []
+    defaults = Settings()
+    return [
+        SettingDoc(name, ENV_PREFIX + name.upper(), _as_text(getattr(defaults, name)), helps[name])
+        for name in _FIELDS
+    ]

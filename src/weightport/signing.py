@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from weightport.config import Settings
 from weightport.errors import InvalidArgument, SignatureExpired, SignatureInvalid
 
 ALGORITHM = "WP1-HMAC-SHA256"
@@ -119,8 +120,7 @@ def load_or_create_keyfile(path: Path) -> list[SigningKey]:
     """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        kid = "k" + time.strftime("%Y%m%d", time.gmtime()) + "-" + secrets.token_hex(3)
-        text = f"{kid}:{secrets.token_urlsafe(32)}\n"
+        text = new_signing_key() + "\n"
         aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
         fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -138,6 +138,32 @@ def load_or_create_keyfile(path: Path) -> list[SigningKey]:
         return parse_signing_keys(text)
     except InvalidArgument as exc:
         raise InvalidArgument(f"signing key file {path}: {exc}") from exc
+
+
+def keys_from_settings(settings: Settings) -> list[SigningKey]:
+    """The signing keys a server uses: ``signing_keys`` when set, else the key file in the data
+    directory (created on first use).
+
+    The key file is safe only where every process shares that directory: one server, or the
+    workers of one ``serve --workers``. A PostgreSQL catalog means replicas on several
+    machines, where each would sign with a key of its own and reject the others' URLs, so
+    there ``signing_keys`` is required (:class:`InvalidArgument` naming it otherwise).
+    """
+    if settings.signing_keys:
+        return parse_signing_keys(settings.signing_keys)
+    if not settings.effective_database_url.startswith("sqlite"):
+        raise InvalidArgument(
+            "signing_keys must be set when the catalog is shared (database_url is not SQLite): "
+            "give every replica the same WEIGHTPORT_SIGNING_KEYS=kid:secret "
+            "(make one with `weightport keys signing-key`)"
+        )
+    return load_or_create_keyfile(settings.data_dir / "signing-keys")
+
+
+def new_signing_key() -> str:
+    """A fresh ``kid:secret`` entry for ``signing_keys`` (32 random bytes, dated key id)."""
+    kid = "k" + time.strftime("%Y%m%d", time.gmtime()) + "-" + secrets.token_hex(3)
+    return f"{kid}:{secrets.token_urlsafe(32)}"
 
 
 def _format_date(epoch: int) -> str:

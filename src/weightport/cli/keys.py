@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from weightport.catalog import accounts
 from weightport.cli.catalog import opened_catalog, settings_from
 from weightport.cli.options import account_option, data_options
+from weightport.signing import new_signing_key
 
 
 @click.group("keys")
@@ -65,3 +66,13 @@ def revoke(key: str, data_dir: Path | None, database_url: str | None) -> None:
     with opened_catalog(settings_from(data_dir=data_dir, database_url=database_url)) as catalog:
         key_id = catalog.call(run)
     click.echo(f"revoked {key_id}")
+
+
+@keys_group.command("signing-key")
+def signing_key() -> None:
+    """Print a new ``kid:secret`` URL-signing key for the ``signing_keys`` setting.
+
+    Give every replica the same list. To rotate, put the new key first and keep the old one
+    after it until the URLs it signed have expired (``download_url_ttl``), then drop it.
+    """
+    click.echo(new_signing_key())

@@ -1,109 +1,35 @@
-"""``weightport serve``: run the server on this machine."""
+"""``weightport serve``: run the server on this machine, as one process or ``--workers N``.
+
+Start-up work happens once, in the process the operator started, under the catalog's
+start-up lock: migrations, the first admin key, the demo seed, store housekeeping. Then that
+process serves, or (with ``--workers``) supervises N worker processes on its listening socket
+(:mod:`weightport.cli.supervisor`), each a full server that skips the start-up work.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from aiohttp import web
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from weightport import demo
-from weightport.catalog import accounts, finetunes, registry
-from weightport.catalog.schema import Account
-from weightport.checkpoint_import import CheckpointSpec, register_fine_tune, store_files
 from weightport.cli.banner import ServeFacts, banner, weightport_command
 from weightport.cli.catalog import settings_from
+from weightport.cli.first_start import bootstrap_admin, seed_demo
 from weightport.cli.options import data_options
-from weightport.client.sources import DEFAULT_ACCOUNT
-from weightport.config import parse_listen
-from weightport.ingest import register_model
+from weightport.cli.supervisor import Supervisor
+from weightport.config import Settings, parse_listen
 from weightport.server import metrics_endpoint
 from weightport.server.app import build_context, create_app
-from weightport.server.context import ServerContext
 from weightport.server.observe import configure_access_log
-
-
-def bootstrap_admin(ctx: ServerContext) -> str | None:
-    """On the very first start: the admin account and a key (returned once), else None."""
-
-    def run(session: Session) -> str | None:
-        if session.scalar(select(Account.id).limit(1)) is not None:
-            return None
-        accounts.create_account(session, DEFAULT_ACCOUNT)
-        return accounts.create_key(session, DEFAULT_ACCOUNT, "created by the first start").secret
-
-    return ctx.catalog.call(run)
-
-
-def _demo_fine_tune(session: Session) -> str | None:
-    jobs = finetunes.list_fine_tunes(session, DEFAULT_ACCOUNT)
-    return next((j.id for j in jobs if j.suffix == demo.DEMO_SUFFIX), None)
-
-
-def seed_demo(ctx: ServerContext) -> str:
-    """Seed the demo model and LoRA fine-tune into the admin account unless they exist.
-
-    Returns the demo fine-tune's id.
-    """
-
-    def exists(session: Session) -> bool:
-        try:
-            registry.get_model(session, DEFAULT_ACCOUNT, demo.DEMO_MODEL_ID)
-        except LookupError:
-            return False
-        return True
-
-    if not ctx.catalog.call(exists):
-        _seed_demo_model(ctx)
-    ft_id = ctx.catalog.call(_demo_fine_tune)
-    if ft_id is not None:
-        return ft_id
-    checkpoints = [
-        CheckpointSpec(
-            step,
-            finetunes.FINAL if step == demo.DEMO_STEPS[-1] else finetunes.INTERMEDIATE,
-            finetunes.ADAPTER,
-            store_files(ctx.store, demo.demo_adapter_files(step)),
-        )
-        for step in demo.DEMO_STEPS
-    ]
-    return register_fine_tune(
-        ctx.catalog,
-        ctx.store,
-        DEFAULT_ACCOUNT,
-        base_model_id=demo.DEMO_MODEL_ID,
-        training_type=finetunes.LORA,
-        checkpoints=checkpoints,
-        suffix=demo.DEMO_SUFFIX,
-    )
-
-
-def _seed_demo_model(ctx: ServerContext) -> None:
-    register_model(
-        ctx.catalog,
-        ctx.store,
-        DEFAULT_ACCOUNT,
-        demo.DEMO_MODEL_ID,
-        demo.demo_base_files(),
-        {
-            "displayName": "Demo Llama (tiny)",
-            "description": "A tiny random-weight Llama seeded by weightport for trying it out",
-            "kind": "HF_BASE_MODEL",
-            "baseModelDetails": {
-                "checkpointFormat": "HUGGINGFACE",
-                "worldSize": 1,
-                "modelType": "llama",
-            },
-        },
-    )
-
 
 #: What to change when the main address cannot be bound.
 _MAIN_HINTS = (
@@ -149,6 +75,15 @@ def listen(host: str, port: int, hints: tuple[str, str] = _MAIN_HINTS) -> socket
     help="URL clients reach this server at, for signed URLs [default: from each request].",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Server processes sharing the port [env WEIGHTPORT_WORKERS; 1].",
+)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
+@click.option("--metrics-fd", type=int, default=None, hidden=True)
+@click.option("--supervisor-pid", type=int, default=None, hidden=True)
+@click.option(
     "--demo/--no-demo",
     "seed",
     default=None,
@@ -159,6 +94,10 @@ def serve_command(
     host: str | None,
     port: int | None,
     public_url: str | None,
+    workers: int | None,
+    listen_fd: int | None,
+    metrics_fd: int | None,
+    supervisor_pid: int | None,
     seed: bool | None,
     data_dir: Path | None,
     database_url: str | None,
@@ -168,24 +107,30 @@ def serve_command(
         host=host,
         port=port,
         public_url=public_url,
+        workers=workers,
         seed_demo=seed,
         data_dir=data_dir,
         database_url=database_url,
     )
+    if listen_fd is not None:
+        _logging(settings)
+        metrics = socket.socket(fileno=metrics_fd) if metrics_fd is not None else None
+        _serve_worker(
+            settings, socket.socket(fileno=listen_fd), metrics, supervisor_pid or os.getppid()
+        )
+        return
     sock = listen(settings.host, settings.port)
     metrics_sock = (
         listen(*parse_listen(settings.metrics_listen, "metrics_listen"), _METRICS_HINTS)
         if settings.metrics and settings.metrics_listen
         else None
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    configure_access_log(settings)
-    ctx = build_context(settings)
-    key = bootstrap_admin(ctx)
-    ft_id = seed_demo(ctx) if settings.seed_demo else None
+    _logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ctx = build_context(settings, housekeeping=True)
+    with ctx.catalog.starting():
+        key = bootstrap_admin(ctx.catalog)
+        ft_id = seed_demo(ctx.catalog, ctx.store) if settings.seed_demo else None
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
     port = sock.getsockname()[1]
     facts = ServeFacts(
@@ -200,11 +145,37 @@ def serve_command(
         # aiohttp calls this once its site is serving: the moment the commands work.
         click.echo(banner(facts), err=True)
 
-    # The standard asyncio loop keeps sendfile; measured, aiohttp on uvloop loses it and
-    # serves files at ~1 GB/s instead of ~2.9 GB/s.
-    app = create_app(ctx)
+    if settings.workers == 1:
+        _run(create_app(ctx), settings, sock, metrics_sock, announce)
+        return
+    ctx.close()  # the workers open their own; this process only supervises
+    # A worker passes the port as soon as it is up: the banner's commands work from now on.
+    announce()
+    click.echo(f"{settings.workers} worker processes share the port", err=True)
+    status = Supervisor(settings, sock, metrics_sock).run()
+    if status:
+        raise SystemExit(status)
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_access_log(settings)
+
+
+def _run(
+    app: web.Application,
+    settings: Settings,
+    sock: socket.socket,
+    metrics_sock: socket.socket | None,
+    announce: Callable[..., None] | None = None,
+) -> None:
     if metrics_sock is not None:
         metrics_endpoint.serve_on(app, metrics_sock)
+    # The standard asyncio loop keeps sendfile; measured, aiohttp on uvloop loses it and
+    # serves files at ~1 GB/s instead of ~2.9 GB/s.
     web.run_app(
         app,
         sock=sock,
@@ -213,3 +184,34 @@ def serve_command(
         shutdown_timeout=settings.shutdown_grace,
         loop=asyncio.new_event_loop(),
     )
+
+
+def _serve_worker(
+    settings: Settings,
+    sock: socket.socket,
+    metrics_sock: socket.socket | None,
+    supervisor: int,
+) -> None:
+    """A worker of ``serve --workers``: serve on the inherited socket until told to stop, or
+    until the supervisor is gone (so a killed supervisor leaves no orphans behind)."""
+    ctx = build_context(settings)
+
+    async def watch_parent(app: web.Application) -> None:
+        async def watch() -> None:
+            # Polling is the only way to notice: a parent's death sends no event.
+            while os.getppid() == supervisor:  # noqa: ASYNC110
+                await asyncio.sleep(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        task = asyncio.create_task(watch())
+        app.on_cleanup.append(lambda _app: _cancel(task))
+
+    app = create_app(ctx)
+    app.on_startup.append(watch_parent)
+    _run(app, settings, sock, metrics_sock)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

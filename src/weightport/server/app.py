@@ -19,6 +19,7 @@ from weightport.server import (
     console,
     finetune_admin,
     fireworks,
+    health,
     metrics_endpoint,
     openapi,
     together,
@@ -33,7 +34,7 @@ from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.audit import AuditLog
 from weightport.services.finetune_archives import PlanCache
 from weightport.services.key_status import KeyStatusCache
-from weightport.signing import UrlSigner, load_or_create_keyfile, parse_signing_keys
+from weightport.signing import UrlSigner, keys_from_settings
 from weightport.storage.factory import open_store
 
 log = logging.getLogger("weightport.server")
@@ -76,16 +77,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return error_response(error, dialect)
 
 
-def build_context(settings: Settings) -> ServerContext:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    keys = (
-        parse_signing_keys(settings.signing_keys)
-        if settings.signing_keys
-        else load_or_create_keyfile(settings.data_dir / "signing-keys")
-    )
-    # The store first: a storage_url it refuses stops the start before any migration runs.
-    store = open_store(settings, housekeeping=True)
-    catalog = Catalog.open(settings.effective_database_url)
+def build_context(settings: Settings, *, housekeeping: bool = False) -> ServerContext:
+    """Everything a server process needs. The catalog is opened as it is: migrating it is
+    start-up work (:meth:`~weightport.catalog.db.Catalog.starting`), done once by the
+    process the operator started. ``housekeeping`` is the store's start-up cleanup, likewise
+    for that process only (see :func:`~weightport.storage.factory.open_store`)."""
+    keys = keys_from_settings(settings)
+    # The store first: a storage_url it refuses stops the start before the catalog is opened.
+    store = open_store(settings, housekeeping=housekeeping)
+    catalog = Catalog.open(settings.effective_database_url, upgrade=False)
     plans = PlanCache()
     builder = ArchiveBuilder(
         catalog,
@@ -130,6 +130,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         client_max_size=1024**2 * 4,
     )
     app[CONTEXT] = ctx
+    health.add_routes(app)
     fireworks.add_routes(app)
     blobs.add_routes(app)
     together.add_routes(app)
@@ -153,11 +154,7 @@ def create_app(ctx: ServerContext) -> web.Application:
 
     async def close(_app: web.Application) -> None:
         # After the last response: the audit log's final batch has every byte they sent.
-        if ctx.audit is not None:
-            await asyncio.to_thread(ctx.audit.close)
-        ctx.builder.close()
-        ctx.read_ahead.close()
-        ctx.catalog.close()
+        await asyncio.to_thread(ctx.close)
 
     report_stops(app, ctx)
     app.on_startup.append(start_audit)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -58,6 +58,15 @@ class ServerContext:
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
         return f"{request.scheme}://{request.host}"
+
+    def close(self) -> None:
+        """Write the audit log's last batch, stop background builds (handing a running one
+        back), the read-ahead pool and the catalog."""
+        if self.audit is not None:
+            self.audit.close()
+        self.builder.close()
+        self.read_ahead.close()
+        self.catalog.close()
 
     @staticmethod
     def now() -> int:

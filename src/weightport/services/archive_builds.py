@@ -64,6 +64,7 @@ class BuildState(StrEnum):
 
 BUILD_STATES = tuple(BuildState)
 
+
 @dataclass(frozen=True)
 class BuildTarget:
     """What a build is of, for progress reports and for planning it again on any replica."""
