@@ -102,7 +102,7 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(workers: LiveServer) ->
     wait_until(lambda: victim not in children(supervisor), "the dead worker is reaped")
     wait_until(lambda: len(children(supervisor)) == 3, "a new worker replaces it")
     for _ in range(6):
-        assert httpx.get(f"{workers.base_url}/healthz").status_code == 200
+        assert httpx.get(f"{workers.base_url}/healthz", timeout=60).status_code == 200
     pids = children(supervisor)
     workers.process.send_signal(signal.SIGTERM)
     assert workers.process.wait(timeout=60) == 0

@@ -113,17 +113,9 @@ class Catalog:
         commands) takes the same lock, so migrations, the first admin key and the demo seed
         happen exactly once however many of them start together.
         """
-        try:
-            with startup_lock(self.engine):
-                _upgrade(self.engine)
-                yield
-        except DBAPIError as exc:
-            translated = translate(exc)
-            if not isinstance(translated, Unavailable):
-                raise
-            where = self.engine.url.render_as_string(hide_password=True)
-            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
-            raise Unavailable(f"cannot reach the catalog database {where}: {reason}") from exc
+        with startup_lock(self.engine):
+            _upgrade(self.engine)
+            yield
 
     def session(self) -> Session:
         return self._sessions()

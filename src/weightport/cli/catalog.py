@@ -65,15 +65,22 @@ def opened_catalog(settings: Settings) -> Iterator[Catalog]:
     if sqlite_file is not None and not sqlite_file.is_file():
         hint = _DATABASE_HINT if settings.database_url else _DATA_DIR_HINT
         raise click.ClickException(f"no weightport catalog in {where}: {hint}")
-    try:
+    with reported(settings):
         catalog = Catalog.open(settings.effective_database_url)
-    except (SQLAlchemyError, ImportError) as exc:
-        raise _database_failure(exc, where) from None
     try:
-        yield catalog
-    except WeightportError as exc:
-        raise click.ClickException(f"{exc.message} (in {where})") from None
-    except SQLAlchemyError as exc:
-        raise _database_failure(exc, where) from None
+        with reported(settings):
+            yield catalog
     finally:
         catalog.close()
+
+
+@contextmanager
+def reported(settings: Settings) -> Iterator[None]:
+    """Catalog errors inside the block become one line that says where the catalog is."""
+    where = catalog_location(settings)
+    try:
+        yield
+    except WeightportError as exc:
+        raise click.ClickException(f"{exc.message} (in {where})") from None
+    except (SQLAlchemyError, ImportError) as exc:
+        raise _database_failure(exc, where) from None

@@ -22,7 +22,7 @@ import click
 from aiohttp import web
 
 from weightport.cli.banner import ServeFacts, banner, weightport_command
-from weightport.cli.catalog import settings_from
+from weightport.cli.catalog import reported, settings_from
 from weightport.cli.first_start import bootstrap_admin, seed_demo
 from weightport.cli.options import data_options
 from weightport.cli.supervisor import Supervisor
@@ -128,7 +128,7 @@ def serve_command(
     _logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ctx = build_context(settings, housekeeping=True)
-    with ctx.catalog.starting():
+    with reported(settings), ctx.catalog.starting():
         key = bootstrap_admin(ctx.catalog)
         ft_id = seed_demo(ctx.catalog, ctx.store) if settings.seed_demo else None
     host_part = f"[{settings.host}]" if ":" in settings.host else settings.host
