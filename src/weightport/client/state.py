@@ -135,7 +135,7 @@ def save_state(path: Path, state: ResumeState) -> None:
         "parts": [[part.start, part.end] for part in state.parts],
         "done": list(state.done),
     }
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temp_of(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
@@ -143,6 +143,15 @@ def save_state(path: Path, state: ResumeState) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _temp_of(state_file: Path) -> Path:
+    return state_file.with_name(state_file.name + ".tmp")
+
+
+def remove_state(state_file: Path) -> None:
+    """Delete a state file and the temp file a save killed midway may have left beside it."""
+    remove_quietly(state_file, _temp_of(state_file))
 
 
 def remove_quietly(*paths: Path) -> None:

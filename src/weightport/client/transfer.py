@@ -26,6 +26,7 @@ from weightport.client.state import (
     partial_path,
     plan_parts,
     remove_quietly,
+    remove_state,
     save_state,
     state_path,
 )
@@ -126,7 +127,8 @@ class Transfer:
         self._create(part_size)
 
     def _create(self, part_size: int) -> None:
-        remove_quietly(self.state_file, self.partial)
+        remove_state(self.state_file)
+        remove_quietly(self.partial)
         self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         preallocate(self.fd, self.size, self.relpath)
         # Without Range support the file can only be fetched as one stream.
@@ -318,7 +320,7 @@ class Transfer:
                 os.fdatasync(fd)
             self._close_current()
             os.replace(self.partial, self.target)
-            remove_quietly(self.state_file)
+            remove_state(self.state_file)
             if expected is not None:
                 verified = "sha256"
             else:
@@ -337,7 +339,8 @@ class Transfer:
     def _discard(self) -> None:
         self.phase = "failed"
         self._close_current()
-        remove_quietly(self.partial, self.state_file)
+        remove_state(self.state_file)
+        remove_quietly(self.partial)
 
     def _close_current(self) -> None:
         # Retired descriptors stay open until close(): a stale worker may still hold one,
