@@ -324,6 +324,37 @@ def test_fuzz_any_single_character_change_of_the_path_is_rejected(where: int, ch
         _SIGNER.verify("PUT", mutated, _QUERY, now=NOW)
 
 
+# --- templates: many URLs at once ---------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    path=st.text(_ALPHABET, min_size=1, max_size=40),
+    values=st.lists(st.text(_ALPHABET, max_size=20), min_size=2, max_size=2),
+)
+def test_a_template_signs_exactly_as_sign_does(path: str, values: list[str]) -> None:
+    signer = UrlSigner([NEW])
+    template = signer.template("GET", expires_at=NOW + 60, now=NOW, names=("a", "b"))
+    expected = signer.sign(
+        "GET", path, expires_at=NOW + 60, now=NOW, bound={"b": values[1], "a": values[0]}
+    )
+    assert template.params(path, values) == expected
+    # The fast query string is urlencode's, byte for byte, escaping or not.
+    assert template.query_string(path, values) == urlencode(expected)
+    query = parse_qsl(template.query_string(path, values), keep_blank_values=True)
+    assert signer.verify("GET", path, query, now=NOW) == {"a": values[0], "b": values[1]}
+
+
+def test_templates_are_checked_like_sign() -> None:
+    signer = UrlSigner([NEW])
+    with pytest.raises(InvalidArgument, match="sorted"):
+        signer.template("GET", expires_at=NOW + 60, now=NOW, names=("b", "a"))
+    with pytest.raises(InvalidArgument, match="between 1 s"):
+        signer.template("GET", expires_at=NOW, now=NOW)
+    first = signer.template("GET", expires_at=NOW + 60, now=NOW, names=("a",))
+    assert signer.template("GET", expires_at=NOW + 60, now=NOW, names=("a",)) is first
+
+
 # --- keys ------------------------------------------------------------------------------
 
 

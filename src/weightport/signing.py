@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote_plus
 
 from weightport.config import Settings
 from weightport.errors import InvalidArgument, SignatureExpired, SignatureInvalid
@@ -67,6 +68,10 @@ _HEADER_LIST_RE = re.compile(r"[a-z0-9-]+(?:;[a-z0-9-]+)*")
 _DATE_RE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _EXPIRES_RE = re.compile(r"[1-9][0-9]{0,9}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+#: What urlencode leaves as it is (quote_plus with safe="").
+_URL_SAFE_RE = re.compile(r"[A-Za-z0-9._~-]*")
+#: Signature templates kept per signer (a handful are live in any one second).
+_TEMPLATE_CACHE = 64
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,12 @@ def _parse_date(text: str) -> int:
     return int(moment.timestamp())
 
 
+def _field(part: str) -> bytes:
+    """One length-prefixed field of the canonical string: ``<len>:<bytes>``."""
+    raw = part.encode("utf-8", "surrogatepass")
+    return b"%d:%b" % (len(raw), raw)
+
+
 def _canonical(
     method: str,
     path: str,
@@ -195,12 +206,78 @@ def _canonical(
     for name, value in bound:
         parts.append(name)
         parts.append(value)
-    out = bytearray()
-    for part in parts:
-        raw = part.encode("utf-8", "surrogatepass")
-        out += b"%d:" % len(raw)
-        out += raw
-    return bytes(out)
+    return b"".join(_field(part) for part in parts)
+
+
+class SignatureTemplate:
+    """What every URL signed in one second with one key, method, lifetime, header list and set
+    of bound names shares, checked and encoded once (get one from :meth:`UrlSigner.template`).
+
+    A listing of 200 files signs 200 URLs that differ only in path and bound values; building
+    each canonical string and query from scratch cost several times the HMAC itself.
+    """
+
+    __slots__ = ("_bound_keys", "_head", "_middle", "_names", "_query_head", "_secret", "query")
+
+    def __init__(
+        self,
+        key: SigningKey,
+        method: str,
+        date: str,
+        expires: str,
+        headers: str,
+        names: Sequence[str],
+    ) -> None:
+        self._secret = key.secret
+        self._head = _field(ALGORITHM) + _field(method)
+        self._middle = _field(date) + _field(expires) + _field(key.kid) + _field(headers)
+        self._names = [_field(name) for name in names]
+        self._bound_keys = [BOUND_PREFIX + name for name in names]
+        #: The query parameters every URL of this template carries.
+        self.query = {
+            Q_ALGORITHM: ALGORITHM,
+            Q_CREDENTIAL: key.kid,
+            Q_DATE: date,
+            Q_EXPIRES: expires,
+            Q_SIGNED_HEADERS: headers,
+        }
+        self._query_head = _query_string(self.query)
+
+    def signature(self, path: str, values: Sequence[str]) -> str:
+        """The hex signature of ``path`` with the bound ``values`` (in the names' order);
+        the same bytes :func:`_canonical` builds."""
+        parts = [self._head, _field(path), self._middle]
+        for name, value in zip(self._names, values, strict=True):
+            parts.append(name)
+            parts.append(_field(value))
+        return hmac.digest(self._secret, b"".join(parts), "sha256").hex()
+
+    def params(self, path: str, values: Sequence[str]) -> dict[str, str]:
+        """The query parameters that make ``path`` valid, bound to ``values``."""
+        params = dict(self.query)
+        for key, value in zip(self._bound_keys, values, strict=True):
+            params[key] = value
+        params[Q_SIGNATURE] = self.signature(path, values)
+        return params
+
+    def query_string(self, path: str, values: Sequence[str]) -> str:
+        """:meth:`params` encoded as a URL query string, byte for byte what
+        :func:`urllib.parse.urlencode` makes of them, without building the mapping."""
+        bound = "".join(
+            f"&{_escaped(key)}={_escaped(value)}"
+            for key, value in zip(self._bound_keys, values, strict=True)
+        )
+        return f"{self._query_head}{bound}&{Q_SIGNATURE}={self.signature(path, values)}"
+
+
+def _query_string(params: Mapping[str, str]) -> str:
+    """``params`` as a URL query string: exactly :func:`urllib.parse.urlencode`'s output, with
+    the common case (names and values that need no escaping) taken without escaping them."""
+    return "&".join(f"{_escaped(name)}={_escaped(value)}" for name, value in params.items())
+
+
+def _escaped(text: str) -> str:
+    return text if _URL_SAFE_RE.fullmatch(text) else quote_plus(text, safe="")
 
 
 def _check_method(method: str) -> str:
@@ -223,6 +300,7 @@ class UrlSigner:
             by_kid[key.kid] = key.secret
         self._signing = keys[0]
         self._secrets = by_kid
+        self._templates: dict[tuple[object, ...], SignatureTemplate] = {}
 
     def sign(
         self,
@@ -242,8 +320,34 @@ class UrlSigner:
         (e.g. ``content-type;host;x-goog-content-length-range`` for uploads); it is signed
         so it cannot be altered, but the headers themselves are not.
         """
-        method = _check_method(method)
+        items = sorted((bound or {}).items())
+        template = self.template(
+            method,
+            expires_at=expires_at,
+            now=now,
+            names=tuple(name for name, _ in items),
+            signed_headers=tuple(signed_headers),
+        )
+        return template.params(path, [value for _, value in items])
+
+    def template(
+        self,
+        method: str,
+        *,
+        expires_at: int,
+        now: int,
+        names: tuple[str, ...] = (),
+        signed_headers: tuple[str, ...] = ("host",),
+    ) -> SignatureTemplate:
+        """The template of URLs :meth:`sign` would make with bound parameters named ``names``
+        (sorted), for signing many at once. Cached: a request signs many URLs in the same
+        second with the same parameters."""
         lifetime = expires_at - now
+        cache_key = (method, now, lifetime, signed_headers, names)
+        template = self._templates.get(cache_key)
+        if template is not None:
+            return template
+        upper = _check_method(method)
         if not 1 <= lifetime <= MAX_EXPIRES:
             raise InvalidArgument(
                 f"a signed URL must live between 1 s and {MAX_EXPIRES} s, not {lifetime} s"
@@ -251,28 +355,20 @@ class UrlSigner:
         headers = ";".join(sorted(h.lower() for h in signed_headers))
         if not _HEADER_LIST_RE.fullmatch(headers):
             raise InvalidArgument(f"bad signed header list {list(signed_headers)!r}")
-        items = sorted((bound or {}).items())
-        for name, _ in items:
+        for name in names:
             if not _BOUND_NAME_RE.fullmatch(name):
                 raise InvalidArgument(f"bound parameter name {name!r}: use letters, digits, '-'")
-        lower_names = [name.lower() for name, _ in items]
-        if len(set(lower_names)) != len(lower_names):
+        if len({name.lower() for name in names}) != len(names):
             raise InvalidArgument("bound parameter names differ only in case")
-        date = _format_date(now)
-        expires = str(lifetime)
-        kid = self._signing.kid
-        message = _canonical(method, path, date, expires, kid, headers, items)
-        query = {
-            Q_ALGORITHM: ALGORITHM,
-            Q_CREDENTIAL: kid,
-            Q_DATE: date,
-            Q_EXPIRES: expires,
-            Q_SIGNED_HEADERS: headers,
-        }
-        for name, value in items:
-            query[BOUND_PREFIX + name] = value
-        query[Q_SIGNATURE] = hmac.digest(self._signing.secret, message, "sha256").hex()
-        return query
+        if list(names) != sorted(names):
+            raise InvalidArgument("bound parameter names must be given sorted")
+        template = SignatureTemplate(
+            self._signing, upper, _format_date(now), str(lifetime), headers, names
+        )
+        if len(self._templates) >= _TEMPLATE_CACHE:
+            self._templates.clear()
+        self._templates[cache_key] = template
+        return template
 
     def verify(
         self,

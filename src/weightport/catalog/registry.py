@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from weightport.catalog.db_errors import Violation, violation
-from weightport.catalog.schema import FineTune, Model, utcnow
+from weightport.catalog.schema import FineTune, Model, ModelFile, utcnow
 from weightport.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 MODEL_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?$")
@@ -99,15 +99,50 @@ def get_model(session: Session, account_id: str, model_id: str, *, lock: bool = 
     return model
 
 
-def get_downloadable(session: Session, account_id: str, model_id: str) -> Model:
-    """The model, if its files may be downloaded (it is READY); FAILED_PRECONDITION if not."""
-    model = get_model(session, account_id, model_id)
-    if model.state != READY:
+@dataclass(frozen=True)
+class DownloadableFile:
+    """A landed file of a READY model, as a download listing needs it."""
+
+    path: str
+    declared_size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DownloadableModel:
+    """A READY model's files (by path), read as plain values: a listing of hundreds of files
+    reads no more than this, and skipping ORM objects makes it several times cheaper."""
+
+    account_id: str
+    model_id: str
+    files: tuple[DownloadableFile, ...]
+
+
+def get_downloadable(session: Session, account_id: str, model_id: str) -> DownloadableModel:
+    """The model's files, if they may be downloaded (it is READY); FAILED_PRECONDITION if not."""
+    if not MODEL_ID.match(model_id):
+        raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
+    found = session.execute(
+        select(Model.pk, Model.state).where(
+            Model.account_id == account_id, Model.model_id == model_id
+        )
+    ).first()
+    if found is None:
+        raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
+    pk, state = found
+    if state != READY:
         raise FailedPrecondition(
-            f'model "{resource_name(account_id, model_id)}" is {model.state}: call '
+            f'model "{resource_name(account_id, model_id)}" is {state}: call '
             "validateUpload once every file has landed"
         )
-    return model
+    rows = session.execute(
+        select(ModelFile.path, ModelFile.declared_size, ModelFile.sha256)
+        .where(ModelFile.model_pk == pk)
+        .order_by(ModelFile.path)
+    )
+    # READY means every file landed; the check only tells the type checker.
+    files = tuple(DownloadableFile(p, size, sha) for p, size, sha in rows if sha is not None)
+    return DownloadableModel(account_id, model_id, files)
 
 
 def _apply_fields(model: Model, fields: Mapping[str, Any]) -> None:

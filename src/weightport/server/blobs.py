@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from urllib.parse import quote, urlencode
+import re
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -19,7 +20,6 @@ from sqlalchemy.orm import Session
 from weightport.catalog import registry, uploads
 from weightport.catalog.accounts import Caller
 from weightport.catalog.audit import Subject
-from weightport.catalog.schema import Model, ModelFile
 from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, SignatureInvalid
 from weightport.observability.metrics import BytePath
 from weightport.paths import validate_relative_path
@@ -55,22 +55,34 @@ def signed_file_url(
 ) -> str:
     """A signed URL for one file of a model, bound to the API key id ``minted_by``."""
     now = ctx.now()
-    query = ctx.signer.sign(
-        method,
-        _decoded_path(account, model_id, path),
-        expires_at=now + ttl,
-        now=now,
-        bound={**bound, MINTED_BY: minted_by},
+    values = {**bound, MINTED_BY: minted_by}
+    names = tuple(sorted(values))
+    # Cached per second: the URLs of one listing share everything but path and values.
+    template = ctx.signer.template(method, expires_at=now + ttl, now=now, names=names)
+    query = template.query_string(
+        _decoded_path(account, model_id, path), [values[name] for name in names]
     )
-    raw_path = f"{PREFIX}/{quote(account, safe='')}/{quote(model_id, safe='')}/{quote(path)}"
-    return f"{base}{raw_path}?{urlencode(query)}"
+    raw_path = f"{PREFIX}/{_segment(account)}/{_segment(model_id)}/{_quoted(path)}"
+    return f"{base}{raw_path}?{query}"
+
+
+#: Characters ``quote`` leaves alone in a path (plus "/"), so such text needs no call to it.
+_PATH_SAFE = re.compile(r"[A-Za-z0-9._~/-]*")
+
+
+def _quoted(path: str) -> str:
+    return path if _PATH_SAFE.fullmatch(path) else quote(path)
+
+
+def _segment(text: str) -> str:
+    return text if "/" not in text and _PATH_SAFE.fullmatch(text) else quote(text, safe="")
 
 
 def signed_download_url(
     ctx: ServerContext,
     base: str,
-    model: Model,
-    file: ModelFile,
+    model: registry.DownloadableModel,
+    file: registry.DownloadableFile,
     *,
     minted_by: str,
     for_browser: bool = False,
@@ -84,8 +96,6 @@ def signed_download_url(
     ``minted_by`` (revoking that key revokes the URL), valid for ``download_url_ttl``.
     ``for_browser``: a store URL also names the file to save (weightport's route always does).
     """
-    if file.sha256 is None:
-        raise FailedPrecondition(f"{file.path!r} has not been uploaded")
     presigner = ctx.presigner()
     if presigner is not None:
         disposition = content_disposition(posixpath.basename(file.path)) if for_browser else None
