@@ -41,7 +41,7 @@ from tests.pg_cluster import PostgresCluster
 from bench.common import Row, cpu_seconds, machine_info, markdown_table, median, write_results
 from bench.common import scratch_dir as scratch
 from bench.servers import WeightportServer
-from weightport.catalog import accounts, registry
+from weightport.catalog import accounts, registry, uploads
 from weightport.catalog.db import Catalog
 from weightport.catalog.schema import Model, ModelFile
 
@@ -61,12 +61,12 @@ def seed_model(catalog: Catalog, model_id: str, files: int) -> None:
     def run(session: Session) -> None:
         registry.create_model(session, "admin", model_id, {"kind": "HF_BASE_MODEL"})
         sizes = {f"model-{i:05d}-of-{files:05d}.safetensors": 4 << 30 for i in range(files)}
-        for f in registry.declare_files(session, "admin", model_id, sizes):
+        for f in uploads.declare_files(session, "admin", model_id, sizes):
             digest = hashlib.sha256(f.path.encode()).hexdigest()
-            registry.land_file(
+            uploads.land_file(
                 session, "admin", model_id, f.path, f.generation, digest, f.declared_size
             )
-        registry.mark_ready(session, "admin", model_id)
+        uploads.mark_ready(session, "admin", model_id)
 
     catalog.call(run)
 

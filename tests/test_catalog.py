@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -40,7 +41,8 @@ def test_migrations_produce_exactly_the_schema(catalog: Catalog) -> None:
 
 def test_upload_epochs_start_past_existing_generations(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-    command.upgrade(alembic_config(engine), "0002")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
     with engine.begin() as connection:
         for statement in (
             "INSERT INTO accounts VALUES ('a', 'a', '2026-01-01 00:00:00')",

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from tests.pg_cluster import PostgresCluster
-from weightport.catalog import accounts, finetunes, registry
+from weightport.catalog import accounts, finetunes, registry, uploads
 from weightport.catalog.db import Catalog
 from weightport.errors import (
     AlreadyExists,
@@ -40,8 +40,8 @@ def catalog(catalog_url: str) -> Iterator[Catalog]:
 
 def _ready_model(session: Session, model_id: str, sizes: dict[str, int]) -> None:
     registry.create_model(session, "acct", model_id, {})
-    for f in registry.declare_files(session, "acct", model_id, sizes):
-        registry.land_file(session, "acct", model_id, f.path, f.generation, SHA, f.declared_size)
+    for f in uploads.declare_files(session, "acct", model_id, sizes):
+        uploads.land_file(session, "acct", model_id, f.path, f.generation, SHA, f.declared_size)
 
 
 def _while_open(
@@ -68,8 +68,8 @@ def test_validate_waits_for_a_concurrent_redeclaration(catalog: Catalog) -> None
     catalog.call(lambda s: _ready_model(s, "m", {"a": 1, "b": 2}))
     outcome = _while_open(
         catalog,
-        lambda s: registry.declare_files(s, "acct", "m", {"a": 1, "b": 3}),
-        lambda s: registry.mark_ready(s, "acct", "m"),
+        lambda s: uploads.declare_files(s, "acct", "m", {"a": 1, "b": 3}),
+        lambda s: uploads.mark_ready(s, "acct", "m"),
     )
     # It saw "b" re-declared and not landed: the model must not turn READY.
     assert isinstance(outcome.exception(), FailedPrecondition)
@@ -80,7 +80,7 @@ def test_validate_waits_for_a_concurrent_redeclaration(catalog: Catalog) -> None
 def test_a_second_final_checkpoint_waits_and_is_refused(catalog: Catalog) -> None:
     def base(session: Session) -> str:
         _ready_model(session, "base", {"config.json": 2})
-        registry.mark_ready(session, "acct", "base")
+        uploads.mark_ready(session, "acct", "base")
         job = finetunes.create_fine_tune(
             session, "acct", base_model_id="base", training_type="Lora", lora_r=8, lora_alpha=16
         )
@@ -116,7 +116,7 @@ def test_values_postgresql_cannot_hold_get_the_same_answer_on_every_engine(
     with pytest.raises(NotFound):
         catalog.call(lambda s: registry.get_model(s, "acct", "a\x00b"))
     catalog.call(lambda s: _ready_model(s, "base", {"config.json": 2}))
-    catalog.call(lambda s: registry.mark_ready(s, "acct", "base"))
+    catalog.call(lambda s: uploads.mark_ready(s, "acct", "base"))
     with pytest.raises(InvalidArgument, match="at most 512"):
         catalog.call(
             lambda s: finetunes.create_fine_tune(

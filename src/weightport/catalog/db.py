@@ -77,13 +77,19 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
 
 
-def _upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration, in one transaction (idempotent)."""
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for running weightport's migrations on ``connection``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration, in one transaction (idempotent). Callers
+    hold the start-up lock (:meth:`Catalog.starting` does)."""
     with engine.begin() as connection:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
+        command.upgrade(alembic_config(connection), "head")
 
 
 class Catalog:
@@ -114,7 +120,7 @@ class Catalog:
         happen exactly once however many of them start together.
         """
         with startup_lock(self.engine):
-            _upgrade(self.engine)
+            migrate(self.engine)
             yield
 
     def session(self) -> Session:
