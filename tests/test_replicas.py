@@ -31,7 +31,7 @@ from tests.fw_helpers import FireworksApi
 from tests.pg_cluster import PostgresCluster
 from tests.seaweedfs import SeaweedFS
 from tests.tcp_proxy import TcpProxy
-from tests.test_together_clients import CLI
+from tests.together_cli import CLI
 from weightport import demo
 
 #: Big enough that a throttled download is still running when a replica is killed.
