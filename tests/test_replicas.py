@@ -61,6 +61,10 @@ def stack(
         "WEIGHTPORT_STORAGE_URL": f"s3://{seaweedfs.bucket}/{secrets.token_hex(6)}",
         "WEIGHTPORT_S3_ENDPOINT": seaweedfs.endpoint,
         "WEIGHTPORT_SIGNING_KEYS": f"k1:{secrets.token_urlsafe(32)}",
+        # File bytes through the replicas (their own signed URLs), not the store's presigned
+        # URLs: what is tested here is replicas verifying each other's URLs and a transfer
+        # surviving the death of the replica serving it.
+        "WEIGHTPORT_S3_PROXY": "true",
         # Short leases, so a build a dead replica held is taken over within the test.
         "WEIGHTPORT_ARCHIVE_BUILD_LEASE": "3",
     }
