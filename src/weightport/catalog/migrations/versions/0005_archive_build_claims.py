@@ -3,8 +3,8 @@
 Builds are claimed through the catalog so any number of replicas can share them: the owner
 renews a lease while it builds, and another replica re-takes a build whose lease ran out.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-27 13:54:00.651507
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
