@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, free_port
 from tests.fw_helpers import FireworksApi
+from tests.observability_helpers import moved, scrape
 
 
 def children(pid: int) -> set[int]:
@@ -114,3 +115,23 @@ def test_workers_of_a_killed_supervisor_exit_by_themselves(workers: LiveServer) 
     pids = children(workers.process.pid)
     workers.kill()
     wait_until(lambda: not any(alive(pid) for pid in pids), "the orphaned workers exit")
+
+
+def test_workers_report_one_set_of_metrics_on_the_metrics_port(
+    server_factory: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {"WEIGHTPORT_WORKERS": "2", "WEIGHTPORT_METRICS_LISTEN": f"127.0.0.1:{port}"}
+    server = server_factory(tmp_path / "data", demo=False, extra_env=env).start()
+    assert server.process is not None
+    supervisor = server.process.pid
+    wait_until(lambda: len(children(supervisor)) == 2, "two workers run")
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    labels = {"method": "GET", "route": "/v1/whoami", "status": "401"}
+    before = scrape(metrics)
+    # New connections each: the kernel spreads them over both workers.
+    for _ in range(20):
+        assert httpx.get(f"{server.base_url}/v1/whoami").status_code == 401
+    # Whichever worker answers a scrape counts every worker's requests.
+    for _ in range(5):
+        assert moved(before, scrape(metrics), "weightport_http_requests_total", **labels) == 20
