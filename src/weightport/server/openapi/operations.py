@@ -1,7 +1,8 @@
-"""The operator's routes as OpenAPI: the download audit log and the Prometheus metrics.
+"""The operator's routes as OpenAPI: the download audit log, the Prometheus metrics and the
+load balancer's health checks.
 
-Both are for keys of the admin account (403 for any other account's key) and answer errors
-in the Fireworks envelope. ``/metrics`` is absent from the main port when ``metrics_listen``
+The audit log and the metrics are for keys of the admin account (403 for any other account's
+key) and answer errors in the Fireworks envelope; the health checks need no key. ``/metrics`` is absent from the main port when ``metrics_listen``
 serves it on an address of its own, without a key.
 """
 
@@ -61,8 +62,39 @@ def schemas() -> dict[str, Schema]:
     }
 
 
+def _health_check(status: Schema) -> Schema:
+    return obj({"status": status, "checks": obj({"catalog": STRING, "store": STRING})})
+
+
 def paths() -> dict[str, Schema]:
     return {
+        "/healthz": {
+            "get": operation(
+                "healthz",
+                "Liveness: the process answers (no I/O)",
+                tags=[TAG],
+                security=[],
+                responses=ok_json(obj({"status": enum(["ok"])}, required=("status",))),
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "readyz",
+                "Readiness: the catalog and the blob store answer (503 names what does not)",
+                tags=[TAG],
+                security=[],
+                responses={
+                    **ok_json(_health_check(enum(["ready"]))),
+                    "503": {
+                        "description": "Not ready: each check says ok or why not",
+                        "headers": {"Retry-After": {"schema": INTEGER}},
+                        "content": {
+                            "application/json": {"schema": _health_check(enum(["unavailable"]))}
+                        },
+                    },
+                },
+            )
+        },
         "/weightport/v1/audit": {
             "get": operation(
                 "listAuditRecords",
