@@ -32,6 +32,8 @@ from tests.fw_helpers import FireworksApi
 
 ROUNDS = int(os.environ.get("WEIGHTPORT_FAULT_ROUNDS", "4"))
 SEED = int(os.environ.get("WEIGHTPORT_FAULT_SEED", "20261127"))
+#: Seconds a build's claim lasts unrenewed (``archive_build_lease``).
+LEASE = 2
 CHUNK = 1 << 20
 
 
@@ -90,6 +92,19 @@ def check_ready_models(api: FireworksApi, ledger: Ledger) -> int:
     return checked
 
 
+def wait_for_builds_to_settle(client: httpx.Client, ft_id: str) -> list[dict[str, Any]]:
+    """The fine-tune's builds once none is pending or building (none stays stuck)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        builds: list[dict[str, Any]] = client.get(f"/v1/fine-tunes/{ft_id}").json()[
+            "weightport_archives"
+        ]
+        if not [b for b in builds if b["state"] in ("pending", "building")]:
+            return builds
+        time.sleep(0.2)
+    raise AssertionError(f"builds of {ft_id} stuck: {builds}")
+
+
 def wait_for_archive(client: httpx.Client, ft_id: str, artifact: str) -> dict[str, Any]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -107,7 +122,11 @@ def test_kill_9_at_random_moments(
 ) -> None:
     rng = random.Random(SEED)
     print(f"fault seed {SEED}, {ROUNDS} rounds")
-    server = server_factory(tmp_path / "data").start()
+    # Short build leases: a build the kill interrupted is taken over by the restarted server
+    # once its lease runs out (the killed process cannot hand it back).
+    server = server_factory(
+        tmp_path / "data", extra_env={"WEIGHTPORT_ARCHIVE_BUILD_LEASE": str(LEASE)}
+    ).start()
     ft_id = demo_job_of(server)
     auth = {"Authorization": f"Bearer {server.admin_key}"}
     ledger = Ledger()
@@ -169,8 +188,8 @@ def test_kill_9_at_random_moments(
         assert not any((server.data_dir / "store" / "tmp").iterdir()), "temp files survived"
         check_ready_models(api, ledger)
         with httpx.Client(base_url=server.base_url, headers=auth, timeout=60) as client:
-            builds = client.get(f"/v1/fine-tunes/{ft_id}").json()["weightport_archives"]
-            assert not [b for b in builds if b["state"] in ("pending", "building")], builds
+            builds = wait_for_builds_to_settle(client, ft_id)
+            assert all(b["state"] == "ready" for b in builds), builds
         # Whatever the kill interrupted can be redone, and then serves the same bytes.
         upload_model(api, model_id, files, 0)
         assert api.http.get(f"{api.base}/{model_id}").json()["state"] == "READY"
