@@ -2,8 +2,9 @@
 load balancer's health checks.
 
 The audit log and the metrics are for keys of the admin account (403 for any other account's
-key) and answer errors in the Fireworks envelope; the health checks need no key. ``/metrics`` is absent from the main port when ``metrics_listen``
-serves it on an address of its own, without a key.
+key) and answer errors in the Fireworks envelope; the health checks need no key. ``/metrics``
+is absent from the main port when ``metrics_listen`` serves it on an address of its own,
+without a key.
 """
 
 from __future__ import annotations
