@@ -180,6 +180,7 @@ class Downloader:
         for t in transfers:
             existing = t.already_in_place()
             if existing is not None:
+                t.discard_leftovers()
                 self.skipped[t.index] = existing
             else:
                 self.transfers.append(t)

@@ -4,9 +4,12 @@ For a target ``model.safetensors`` the bytes go to ``model.safetensors.wpdl.part
 state to ``model.safetensors.wpdl``. The state names the remote entity (size, strong ETag,
 expected sha256), its parts (half-open byte ranges that tile the file; a part may be split
 while it downloads, so they are listed rather than implied by one part size) and, per part,
-how many bytes from the part's start were written. It is replaced atomically, so a kill
-leaves either the old or the new state. A state that does not match what the server now
-says is discarded: never splice two versions. Version 1 files (one ``part_size``) still load.
+how many bytes from the part's start were written. It is replaced atomically through
+``model.safetensors.wpdl.tmp``, so a kill leaves either the old or the new state, and perhaps
+that temp file, which nothing ever reads: whatever next settles the file (finishing it,
+finding it in place, starting it over) deletes it with the state. A state that does not
+match what the server now says is discarded: never splice two versions. Version 1 files
+(one ``part_size``) still load.
 
 Durability (see :class:`~weightport.client.transfer.Transfer`): a killed process loses no
 written bytes (they are in the page cache), only an OS crash or power cut can. When a sha256
@@ -126,7 +129,8 @@ def load_state(path: Path) -> ResumeState | None:
 
 
 def save_state(path: Path, state: ResumeState) -> None:
-    """Write ``state`` atomically (temp file, fsync, ``os.replace``)."""
+    """Write ``state`` atomically (temp file, fsync, ``os.replace``); on failure the old
+    state stays and the temp file is deleted."""
     doc = {
         "version": _VERSION,
         "size": state.size,
@@ -136,16 +140,22 @@ def save_state(path: Path, state: ResumeState) -> None:
         "done": list(state.done),
     }
     tmp = _temp_of(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, json.dumps(doc, separators=(",", ":")).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or Ctrl-C landing here on the calling thread
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _temp_of(state_file: Path) -> Path:
+    # One fixed name per state, not a unique one: a temp file a kill leaves behind is
+    # overwritten by the next save or deleted by remove_state, never piled up.
     return state_file.with_name(state_file.name + ".tmp")
 
 

@@ -127,8 +127,7 @@ class Transfer:
         self._create(part_size)
 
     def _create(self, part_size: int) -> None:
-        remove_state(self.state_file)
-        remove_quietly(self.partial)
+        self.discard_leftovers()
         self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         preallocate(self.fd, self.size, self.relpath)
         # Without Range support the file can only be fetched as one stream.
@@ -259,10 +258,12 @@ class Transfer:
         """The result for a target already on disk with the offered sha256, else ``None``.
 
         Without a digest nothing proves an existing file is the right one (same-size
-        retrains are common), so it is downloaded again.
+        retrains are common), so it is downloaded again. With one, a matching file is the
+        right one even if a partial file or a state is still around (a kill after the
+        rename that places a file, before its state is deleted): see :meth:`discard_leftovers`.
         """
         expected = self.expected_sha256
-        if expected is None or self.state_file.exists():
+        if expected is None:
             return None
         try:
             if self.target.stat().st_size != self.size:
@@ -274,6 +275,11 @@ class Transfer:
         if actual != expected:
             return None
         return FileResult(self.relpath, self.target, self.size, expected, "sha256", skipped=True)
+
+    def discard_leftovers(self) -> None:
+        """Delete the partial file, its state, and the state's temp file if a kill left one."""
+        remove_state(self.state_file)
+        remove_quietly(self.partial)
 
     def checkpoint(self) -> None:
         """Make the bytes done durable, then record them in the state file."""
@@ -339,8 +345,7 @@ class Transfer:
     def _discard(self) -> None:
         self.phase = "failed"
         self._close_current()
-        remove_state(self.state_file)
-        remove_quietly(self.partial)
+        self.discard_leftovers()
 
     def _close_current(self) -> None:
         # Retired descriptors stay open until close(): a stale worker may still hold one,
