@@ -380,16 +380,23 @@ def _interrupt_after(limit: int) -> ProgressSink:
     return sink
 
 
-def test_interrupted_download_resumes_from_disk(api: FakeApi, tmp_path: Path) -> None:
+def _interrupted_download(api: FakeApi, out: Path) -> dict[str, bytes]:
+    """Serve the model slowly and stop the download with Ctrl-C once 200 KiB arrived: what
+    it leaves in ``out`` is what a resume starts from. The served files, by path."""
     contents = _populate(api)
     api.switches.throttle = 0.02
     with pytest.raises(KeyboardInterrupt):
-        download(_source(api), tmp_path / "out", SMALL, _interrupt_after(200 * KiB))
+        download(_source(api), out, SMALL, _interrupt_after(200 * KiB))
+    api.switches.throttle = None
+    return contents
+
+
+def test_interrupted_download_resumes_from_disk(api: FakeApi, tmp_path: Path) -> None:
+    contents = _interrupted_download(api, tmp_path / "out")
     states = list((tmp_path / "out").rglob("*.wpdl"))
     assert states, "an interrupted download leaves resume state"
     done = sum(sum(json.loads(p.read_text())["done"]) for p in states)
     assert done > 0
-    api.switches.throttle = None
     served_before = api.stats.body_bytes
     # One connection: a split part closes its connection with bytes still in flight, which
     # would blur the count of what the resume asked for.
@@ -451,18 +458,14 @@ def test_a_far_server_gets_more_connections(api: FakeApi, tmp_path: Path) -> Non
 
 
 def test_bytes_lost_in_a_crash_are_caught_and_fetched_again(api: FakeApi, tmp_path: Path) -> None:
-    contents = _populate(api)
-    api.switches.throttle = 0.02
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        download(_source(api), out, SMALL, _interrupt_after(200 * KiB))
+    contents = _interrupted_download(api, out)
     # An OS crash can lose written pages the state already counts (no fsync when a sha256
     # will re-check everything): zero some recorded bytes behind the state's back.
     state = next(p for p in out.rglob("*.wpdl") if json.loads(p.read_text())["done"][0] > 0)
     damaged = state.with_name(state.name[: -len(".wpdl")]).relative_to(out).as_posix()
     with state.with_name(state.name + ".part").open("r+b") as fh:
         fh.write(bytes(min(4096, json.loads(state.read_text())["done"][0])))
-    api.switches.throttle = None
     result = download(_source(api), out, SMALL)
     _assert_tree(out, contents)
     assert next(f for f in result.files if f.relpath == damaged).resumed_bytes == 0
@@ -476,11 +479,8 @@ def test_a_kill_while_the_state_was_being_replaced_still_resumes_cleanly(
     # the temp file behind, empty, half written or whole: the resume must use the last
     # complete state and leave nothing behind, even for files it finishes (or finds
     # finished) without writing a state again.
-    contents = _populate(api)
-    api.switches.throttle = 0.02
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        download(_source(api), out, SMALL, _interrupt_after(200 * KiB))
+    contents = _interrupted_download(api, out)
     states = list(out.rglob("*.wpdl"))
     done = sum(sum(json.loads(p.read_text())["done"]) for p in states)
     assert states and done > 0
@@ -488,7 +488,6 @@ def test_a_kill_while_the_state_was_being_replaced_still_resumes_cleanly(
         state.with_name(state.name + ".tmp").write_bytes(leftover)
     (out / "config.json.wpdl.tmp").write_bytes(leftover)  # beside a file already in place
     assert (out / "config.json").read_bytes() == contents["config.json"]
-    api.switches.throttle = None
     result = download(_source(api), out, SMALL)
     _assert_tree(out, contents)
     assert sum(f.resumed_bytes for f in result.files) == done
@@ -497,29 +496,21 @@ def test_a_kill_while_the_state_was_being_replaced_still_resumes_cleanly(
 def test_a_kill_between_placing_a_file_and_dropping_its_state_keeps_the_file(
     api: FakeApi, tmp_path: Path
 ) -> None:
-    contents = _populate(api)
-    api.switches.throttle = 0.02
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        download(_source(api), out, SMALL, _interrupt_after(200 * KiB))
+    contents = _interrupted_download(api, out)
     name = "model-00001-of-00002.safetensors"
     state = out / f"{name}.wpdl"
     assert json.loads(state.read_text())["done"][0] > 0
     # What a kill right after the verified partial file was renamed onto the target leaves.
     (out / f"{name}.wpdl.part").unlink()
     (out / name).write_bytes(contents[name])
-    api.switches.throttle = None
     result = download(_source(api), out, SMALL)
     _assert_tree(out, contents)
     assert next(f for f in result.files if f.relpath == name).skipped  # not fetched again
 
 
 def test_resume_refused_when_the_server_stops_honouring_range(api: FakeApi, tmp_path: Path) -> None:
-    contents = _populate(api)
-    api.switches.throttle = 0.02
-    with pytest.raises(KeyboardInterrupt):
-        download(_source(api), tmp_path / "out", SMALL, _interrupt_after(200 * KiB))
-    api.switches.throttle = None
+    contents = _interrupted_download(api, tmp_path / "out")
     api.switches.ignore_range = True
     result = download(_source(api), tmp_path / "out", SMALL)
     _assert_tree(tmp_path / "out", contents)
