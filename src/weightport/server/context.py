@@ -46,12 +46,19 @@ class ServerContext:
     audit: AuditLog | None = None
     downloads: DownloadTally = field(default_factory=DownloadTally)
 
+    def __post_init__(self) -> None:
+        # Decided once: an isinstance check against a runtime Protocol costs tens of
+        # microseconds, paid for every URL of a 200-file listing otherwise.
+        self._presigner = (
+            self.store
+            if isinstance(self.store, Presigner) and not self.settings.s3_proxy
+            else None
+        )
+
     def presigner(self) -> Presigner | None:
         """The store, when clients should talk to it directly: it presigns its own URLs and
         ``s3_proxy`` does not keep the bytes flowing through weightport."""
-        if isinstance(self.store, Presigner) and not self.settings.s3_proxy:
-            return self.store
-        return None
+        return self._presigner
 
     def public_base(self, request: web.Request) -> str:
         """The scheme://host[:port] clients use to reach us (configured, else the request's)."""
