@@ -50,9 +50,7 @@ class ServerContext:
         # Decided once: an isinstance check against a runtime Protocol costs tens of
         # microseconds, paid for every URL of a 200-file listing otherwise.
         self._presigner = (
-            self.store
-            if isinstance(self.store, Presigner) and not self.settings.s3_proxy
-            else None
+            self.store if isinstance(self.store, Presigner) and not self.settings.s3_proxy else None
         )
 
     def presigner(self) -> Presigner | None:
