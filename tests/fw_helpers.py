@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import httpx
@@ -31,6 +32,24 @@ class FireworksApi:
 
     def validate(self, model_id: str) -> httpx.Response:
         return self.http.get(f"{self.base}/{model_id}:validateUpload")
+
+    def create_at_once(self, model_id: str, times: int) -> list[int]:
+        """The statuses of ``times`` creates of one model id sent at the same moment, each
+        on a connection of its own (so several servers or workers may take them)."""
+        start = threading.Barrier(times)
+        answers: list[int] = []
+
+        def create() -> None:
+            with httpx.Client(headers=self.http.headers, timeout=60) as http:
+                start.wait()
+                answers.append(http.post(self.base, json={"modelId": model_id}).status_code)
+
+        threads = [threading.Thread(target=create) for _ in range(times)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return answers
 
     def download_urls(self, model_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.base}/{model_id}:getDownloadEndpoint")

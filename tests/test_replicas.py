@@ -127,20 +127,7 @@ def test_uploaded_through_one_downloaded_through_the_other(stack: Stack, api: Fi
 
 
 def test_concurrent_creates_through_the_balancer_have_one_winner(api: FireworksApi) -> None:
-    start = threading.Barrier(8)
-    answers: list[int] = []
-
-    def create() -> None:
-        with httpx.Client(headers=api.http.headers, timeout=60) as http:
-            start.wait()
-            answers.append(http.post(api.base, json={"modelId": "twin"}).status_code)
-
-    threads = [threading.Thread(target=create) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(answers) == [200] + [409] * 7
+    assert sorted(api.create_at_once("twin", 8)) == [200] + [409] * 7
 
 
 def test_one_build_when_both_replicas_are_asked(stack: Stack) -> None:

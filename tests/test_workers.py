@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,20 +70,7 @@ def test_workers_share_one_catalog_and_one_signing_key(workers: LiveServer) -> N
                 response = httpx.get(url)
                 assert response.status_code == 200 and response.content == files[path]
         # Concurrent creates of one id from many connections: one winner, clean 409s.
-        answers: list[int] = []
-        start = threading.Barrier(8)
-
-        def create() -> None:
-            with httpx.Client(headers=api.http.headers, timeout=60) as http:
-                start.wait()
-                answers.append(http.post(api.base, json={"modelId": "twin"}).status_code)
-
-        threads = [threading.Thread(target=create) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(answers) == [200] + [409] * 7
+        assert sorted(api.create_at_once("twin", 8)) == [200] + [409] * 7
     finally:
         api.close()
     # Ctrl-C (SIGINT) stops them all.
