@@ -61,12 +61,15 @@ def tarfile_reference(top: str, files: dict[str, bytes]) -> bytes:
 
 
 def wait_for_build(client: httpx.Client, ft_id: str, artifact: str) -> dict[str, Any]:
+    """The build of ``artifact`` for the fine-tune's final (highest) step, once every build
+    of that artifact has settled: with several checkpoints prebuilt, the first one listed
+    may be another step's, and the final step's build can still be running."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         job = client.get(f"/v1/fine-tunes/{ft_id}").json()
         builds = [b for b in job["weightport_archives"] if b["artifact"] == artifact]
-        if builds and builds[0]["state"] in ("ready", "failed"):
-            build: dict[str, Any] = builds[0]
+        if builds and all(b["state"] in ("ready", "failed") for b in builds):
+            build: dict[str, Any] = max(builds, key=lambda b: b["step"] or 0)
             return build
         time.sleep(0.2)
     raise AssertionError("archive build did not finish")
