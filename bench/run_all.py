@@ -22,6 +22,7 @@ from bench import (
     hub_download,
     merge_stream,
     s3_download,
+    slow_clients,
 )
 from bench.common import Row, machine_info, markdown_table, write_results
 
@@ -34,6 +35,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {
     console_pages.NAME: lambda quick: console_pages.run(quick=quick),
     hub_download.NAME: lambda quick: hub_download.run(quick=quick),
     s3_download.NAME: lambda quick: s3_download.run(quick=quick),
+    slow_clients.NAME: lambda quick: slow_clients.run(quick=quick),
 }
 
 

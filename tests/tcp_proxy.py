@@ -19,7 +19,8 @@ class TcpProxy:
 
     ``rate`` caps each connection's bytes/s (changeable while running); the first connection
     whose downstream bytes pass ``drop_after`` is aborted (once: ``dropped`` counts it);
-    :meth:`cut` aborts every open connection.
+    :meth:`cut` aborts every open connection; ``upstream`` keeps what clients sent (the
+    requests, to count them).
     """
 
     def __init__(
@@ -29,6 +30,7 @@ class TcpProxy:
         self.rate = rate
         self.drop_after = drop_after
         self.dropped = 0
+        self.upstream = bytearray()
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -55,6 +57,8 @@ class TcpProxy:
                     writer.transport.abort()
                     return
                 seen += len(data)
+                if not downstream:
+                    self.upstream += data
                 writer.write(data)
                 await writer.drain()
                 if self.rate:

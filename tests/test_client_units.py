@@ -31,7 +31,7 @@ from weightport.client import (
     UnsafePath,
     parse_model_name,
 )
-from weightport.client.errors import error_from_response
+from weightport.client.errors import RateLimited, RequestTimedOut, error_from_response
 from weightport.client.http import (
     ContentRange,
     disposition_filename,
@@ -101,6 +101,8 @@ def test_every_server_error_code_maps_to_its_status() -> None:
         413: BadRequest,
         416: RangeNotSatisfiable,
         417: BadRequest,
+        408: RequestTimedOut,
+        429: RateLimited,
     }
     classes = [server_errors.WeightportError]
     while classes:

@@ -22,6 +22,7 @@ from weightport.ingest import FileData, store_data
 from weightport.merge.adapter import AdapterConfig
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.view import validate_merge
+from weightport.services.gc import pin_stored
 from weightport.storage.base import BlobSource, BlobStore
 from weightport.storage.s3.folder import S3Folder
 
@@ -129,6 +130,8 @@ def register_fine_tune(
             lora_r, lora_alpha = config.r, config.lora_alpha
 
     def run(session: Session) -> str:
+        # Imported files were just stored; files of models are referenced already.
+        pin_stored(session, store, {src.key for spec in checkpoints for src in spec.files.values()})
         job = finetunes.create_fine_tune(
             session,
             account_id,

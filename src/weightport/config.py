@@ -82,6 +82,19 @@ class Settings:
     max_json_body: int = 4 * 1024 * 1024
     #: Largest single uploaded file, bytes.
     max_upload_size: int = 1 << 40
+    #: Seconds a client may take to send a complete request head, counted from when it
+    #: connects or its previous response ended; also how long an idle keep-alive connection
+    #: stays open (aiohttp's keep-alive timeout, which is also its only header timeout).
+    header_timeout: int = 60
+    #: Seconds a client may go without sending a byte of a request body it announced
+    #: (uploads, JSON) before it is answered 408 and dropped.
+    body_timeout: int = 60
+    #: Seconds a client may go without accepting a byte of a response that waits on it
+    #: before the connection is dropped (a slow client that keeps reading is never cut).
+    send_timeout: int = 60
+    #: Computed downloads (Together archives: merged, adapter, stored views) one account may
+    #: run at once in one server process; more are answered 429 with Retry-After. 0: no cap.
+    max_computed_downloads: int = 16
     #: Archive encoding for fine-tune downloads: "stored", "compressed" or "auto"
     #: (compressed when a cached build exists, otherwise stored).
     archive_encoding: str = "auto"
@@ -100,6 +113,12 @@ class Settings:
     signing_keys: str = ""
     #: How long a web console sign-in lasts, seconds.
     console_session_ttl: int = 12 * 3600
+    #: Seconds between garbage collections inside ``serve`` (each replica waits this ±10 %,
+    #: and one replica at a time collects). 0: never (``weightport gc`` still works).
+    gc_interval: int = 3600
+    #: Seconds a blob must have been unreferenced before garbage collection deletes it:
+    #: downloads of a deleted model that are still running keep working this long.
+    gc_grace: int = 86400
     #: Seed the demo model and fine-tune on first start.
     seed_demo: bool = False
     #: Server log level: debug, info, warning or error.
@@ -149,11 +168,15 @@ class Settings:
             "console_session_ttl",
             "archive_build_lease",
             "workers",
+            "header_timeout",
+            "body_timeout",
+            "send_timeout",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} must be positive")
-        if self.revocation_delay < 0:
-            raise InvalidArgument("revocation_delay must not be negative")
+        for name in ("revocation_delay", "max_computed_downloads", "gc_interval", "gc_grace"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} must not be negative")
         if not 1 <= self.archive_level <= 22:
             raise InvalidArgument("archive_level must be between 1 and 22")
         if self.access_log not in ACCESS_LOG_FORMATS:

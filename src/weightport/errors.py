@@ -25,9 +25,11 @@ and a stable machine-readable ``code``. The server renders them in exactly one p
     │   ├── RevisionNotFound             404 (no such revision of a repository)
     │   └── EntryNotFound                404 (no such file or folder at a revision)
     ├── MethodNotAllowed                 405 UNIMPLEMENTED
+    ├── RequestTimeout                   408 DEADLINE_EXCEEDED (the body stopped arriving)
     ├── AlreadyExists                    409 ALREADY_EXISTS
     ├── Aborted                          409 ABORTED (a concurrent change won; retry)
     ├── PreconditionFailed               412 (If-Match style precondition)
+    ├── TooManyRequests                  429 RESOURCE_EXHAUSTED (+ Retry-After)
     ├── Unavailable                      503 UNAVAILABLE
     ├── HttpVersionNotSupported          505 UNIMPLEMENTED
     └── StorageError                     500 INTERNAL / DATA_LOSS
@@ -81,6 +83,10 @@ class WeightportError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this error adds to its response (besides ``x-should-retry``)."""
+        return {}
+
 
 class InvalidArgument(WeightportError, ValueError):
     status = 400
@@ -114,6 +120,9 @@ class StillWorking(FailedPrecondition):
         super().__init__(message)
         self.retry_after = retry_after
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
 
 class PayloadTooLarge(InvalidArgument):
     status = 413
@@ -135,6 +144,9 @@ class RangeNotSatisfiable(WeightportError):
     def __init__(self, message: str, *, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
 
 
 class Unauthenticated(WeightportError):
@@ -217,6 +229,9 @@ class MethodNotAllowed(WeightportError):
         super().__init__(message, param=param)
         self.allowed = tuple(sorted(set(allowed)))
 
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
+
 
 class AlreadyExists(WeightportError):
     status = 409
@@ -243,10 +258,44 @@ class PreconditionFailed(WeightportError):
     retryable = False
 
 
+class RequestTimeout(WeightportError):
+    """The client announced a request body and stopped sending it."""
+
+    status = 408
+    grpc = GrpcCode.DEADLINE_EXCEEDED
+    together_type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class TooManyRequests(WeightportError):
+    """A per-account cap is reached; the same request succeeds once a slot frees."""
+
+    status = 429
+    grpc = GrpcCode.RESOURCE_EXHAUSTED
+    together_type = "rate_limit_exceeded"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        # Retry-After is what HTTP clients and huggingface_hub read; the Stainless SDKs
+        # (fireworks-ai, together) prefer retry-after-ms and honour either up to 60 s.
+        return {
+            "Retry-After": str(self.retry_after),
+            "retry-after-ms": str(self.retry_after * 1000),
+        }
+
+
 class Unavailable(WeightportError):
     status = 503
     grpc = GrpcCode.UNAVAILABLE
     code = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        # A busy or briefly unreachable catalog: worth another try in a moment.
+        return {"Retry-After": "1"}
 
 
 class HttpVersionNotSupported(WeightportError):

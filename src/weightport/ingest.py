@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from weightport.catalog import registry, uploads
 from weightport.catalog.db import Catalog
 from weightport.paths import validate_relative_path
+from weightport.services.gc import pin_stored
 from weightport.storage.base import BlobInfo, BlobStore
 
 CHUNK = 4 << 20
@@ -69,6 +70,7 @@ def register_model(
     sizes = uploads.parse_sizes({path: info.size for path, info in landed.items()})
 
     def run(session: Session) -> None:
+        pin_stored(session, store, [info.key for info in landed.values()])
         registry.create_model(session, account_id, model_id, fields)
         declared = uploads.declare_files(session, account_id, model_id, sizes)
         for file in declared:

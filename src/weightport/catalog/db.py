@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -75,6 +76,17 @@ def make_engine(url: str) -> Engine:
     # pre_ping: a connection the database dropped (restart, failover, idle timeout) is
     # replaced on checkout instead of failing the request that drew it.
     return create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
+
+
+def upsert(session: Session, entity: type[Any]) -> Any:
+    """An ``INSERT`` for ``entity`` that can take ``.on_conflict_do_update(...)`` /
+    ``.on_conflict_do_nothing()``: SQLite's and PostgreSQL's ``ON CONFLICT`` share one form."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(entity)
+    if name == "sqlite":
+        return sqlite.insert(entity)
+    raise NotImplementedError(f"the catalog supports SQLite and PostgreSQL, not {name}")
 
 
 def alembic_config(connection: Connection) -> Config:

@@ -244,7 +244,8 @@ class ArchiveBuild(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    blob_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    #: The built archive's blob (a reference garbage collection honours).
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     size: Mapped[int | None] = mapped_column(BigInteger, default=None)
     index: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[str] = mapped_column(Text, default="")
@@ -283,6 +284,34 @@ class AuditRecord(Base):
     user_agent: Mapped[str] = mapped_column(String(512), default="")
     first_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class StoredBlob(Base):
+    """Garbage collection's row for one blob of the store.
+
+    ``unreferenced_since`` is when a collection first found nothing in the catalog naming the
+    blob (``None``: referenced, or being referenced right now). Code that records a new
+    reference to a blob it has just stored upserts this row in the same transaction, and the
+    collector deletes the row in the transaction that deletes the blob: the row is where the
+    two take turns (see :mod:`weightport.services.gc`).
+    """
+
+    __tablename__ = "stored_blobs"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    unreferenced_since: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class Lease(Base):
+    """A named lease held by one process until it expires (one garbage collector at a time
+    among all replicas)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 Index("ix_models_account_created", Model.account_id, Model.created_at)

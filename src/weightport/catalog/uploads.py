@@ -166,11 +166,7 @@ def land_file(
 ) -> None:
     """Record that a declared file's bytes are in the store (refused unless they fit)."""
     model = _claim_or_refuse(session, account_id, model_id)
-    file = next((f for f in model.files if f.path == path), None)
-    if file is None or file.generation != generation:
-        raise FailedPrecondition(
-            f"{path!r} is no longer declared with this upload URL; call getUploadEndpoint again"
-        )
+    file = _declared(model, path, generation)
     if size != file.declared_size:
         raise InvalidArgument(f"{path!r}: got {size} bytes, declared {file.declared_size}")
     if file.expected_sha256 is not None and sha256 != file.expected_sha256:
@@ -179,6 +175,29 @@ def land_file(
             "was declared"
         )
     file.sha256 = sha256
+
+
+def check_landable(
+    session: Session, account_id: str, model_id: str, path: str, generation: int
+) -> None:
+    """Refuse what :func:`land_file` would refuse for the model's state or an outdated URL —
+    asked before an upload stores a byte, so a replayed URL costs the store nothing."""
+    model = get_model(session, account_id, model_id)
+    if model.state != UPLOADING:
+        raise FailedPrecondition(
+            f'model "{resource_name(account_id, model_id)}" is {model.state}; its files are '
+            "immutable. Create a new model to upload different files."
+        )
+    _declared(model, path, generation)
+
+
+def _declared(model: Model, path: str, generation: int) -> ModelFile:
+    file = next((f for f in model.files if f.path == path), None)
+    if file is None or file.generation != generation:
+        raise FailedPrecondition(
+            f"{path!r} is no longer declared with this upload URL; call getUploadEndpoint again"
+        )
+    return file
 
 
 def unfinished_files(model: Model) -> list[str]:

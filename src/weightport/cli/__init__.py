@@ -1,4 +1,4 @@
-"""The ``weightport`` command: serve, keys, models, finetunes, download, audit.
+"""The ``weightport`` command: serve, keys, models, finetunes, download, audit, gc.
 
 Subcommands are imported when used, so ``weightport download`` never loads the server side
 (aiohttp app, Alembic, the merge) it does not need.
@@ -22,6 +22,7 @@ COMMANDS = {
     "models": "weightport.cli.models:models_group",
     "finetunes": "weightport.cli.finetunes:finetunes_group",
     "download": "weightport.cli.download:download_group",
+    "gc": "weightport.cli.gc:gc_command",
 }
 
 

@@ -182,6 +182,10 @@ def _run(
         print=announce,
         access_log=None,  # weightport writes its own (weightport.server.observe)
         shutdown_timeout=settings.shutdown_grace,
+        # aiohttp's keep-alive timeout is also its header timeout: a connection that has
+        # not sent a whole request head this long after connecting (or after its previous
+        # response) is closed, however it trickles bytes.
+        keepalive_timeout=settings.header_timeout,
         loop=asyncio.new_event_loop(),
     )
 

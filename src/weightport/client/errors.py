@@ -12,6 +12,7 @@ Together ``{"error": {"message", "type", "param", "code"}}``) and the HTTP statu
     │   ├── PermissionDenied         403, PERMISSION_DENIED (also PermissionError)
     │   │   └── SignedUrlRejected    403 from a signed URL: expired or tampered
     │   ├── NotFound                 404, NOT_FOUND (also LookupError)
+    │   ├── RequestTimedOut          408, the server stopped waiting for the body (retryable)
     │   ├── RangeNotSatisfiable      416
     │   ├── RateLimited              429, RESOURCE_EXHAUSTED           (retryable)
     │   └── ServerError              5xx, INTERNAL / UNAVAILABLE / ... (retryable)
@@ -82,6 +83,12 @@ class NotFound(ApiError, LookupError):
 
 class RangeNotSatisfiable(ApiError):
     """The server says the requested byte range lies outside the file."""
+
+
+class RequestTimedOut(ApiError):
+    """The server stopped waiting for the request's body; sending it again may work."""
+
+    retryable = True
 
 
 class RateLimited(ApiError):
@@ -171,6 +178,7 @@ _TABLE: tuple[_Row, ...] = (
     _Row(PermissionDenied, (403,), (7,), ("permission_denied", "permission_error")),
     _Row(NotFound, (404,), (5,), ("not_found",)),
     _Row(RangeNotSatisfiable, (416,), (), ("range_not_satisfiable",)),
+    _Row(RequestTimedOut, (408,), (), ("request_timeout",)),
     _Row(RateLimited, (429,), (8,), ("rate_limited", "rate_limit_exceeded")),
     _Row(
         ServerError,

@@ -24,15 +24,19 @@ from weightport.server import (
     openapi,
     together,
 )
+from weightport.server.client_timeouts import timeouts_middleware
 from weightport.server.context import CONTEXT, ServerContext
+from weightport.server.download_slots import DownloadSlots
 from weightport.server.envelopes import dialect_for, error_response
 from weightport.server.hub import routes as hub_routes
+from weightport.server.memory import MemoryReturn
 from weightport.server.observe import note_error, observe_middleware
 from weightport.server.protocol import http_version_middleware, install_malformed_request_log
 from weightport.server.shutdown import report_stops
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.audit import AuditLog
 from weightport.services.finetune_archives import PlanCache
+from weightport.services.gc import Collector, collect_periodically
 from weightport.services.key_status import KeyStatusCache
 from weightport.signing import UrlSigner, keys_from_settings
 from weightport.storage.factory import open_store
@@ -102,6 +106,7 @@ def build_context(settings: Settings, *, housekeeping: bool = False) -> ServerCo
         if settings.audit_log
         else None
     )
+    memory = MemoryReturn(plans)
     return ServerContext(
         settings=settings,
         catalog=catalog,
@@ -111,6 +116,8 @@ def build_context(settings: Settings, *, housekeeping: bool = False) -> ServerCo
         key_status=KeyStatusCache(catalog, settings.revocation_delay),
         audit=audit,
         plans=plans,
+        slots=DownloadSlots(settings.max_computed_downloads, on_release=memory.download_ended),
+        memory=memory,
     )
 
 
@@ -126,7 +133,12 @@ def _prebuild_all(ctx: ServerContext) -> None:
 def create_app(ctx: ServerContext) -> web.Application:
     install_malformed_request_log()
     app = web.Application(
-        middlewares=[observe_middleware, http_version_middleware, error_middleware],
+        middlewares=[
+            observe_middleware,
+            http_version_middleware,
+            error_middleware,
+            timeouts_middleware(ctx.settings.send_timeout, ctx.settings.body_timeout),
+        ],
         client_max_size=1024**2 * 4,
     )
     app[CONTEXT] = ctx
@@ -148,16 +160,33 @@ def create_app(ctx: ServerContext) -> web.Application:
         if ctx.settings.archive_prebuild:
             await asyncio.to_thread(_prebuild_all, ctx)
 
+    collector = Collector(
+        ctx.catalog,
+        ctx.store,
+        grace_s=ctx.settings.gc_grace,
+        temp_max_age_s=ctx.settings.staging_max_age,
+    )
+    collecting: list[asyncio.Task[None]] = []
+
+    async def start_gc(_app: web.Application) -> None:
+        if ctx.settings.gc_interval:
+            task = asyncio.create_task(collect_periodically(collector, ctx.settings.gc_interval))
+            collecting.append(task)
+
     async def start_audit(_app: web.Application) -> None:
         if ctx.audit is not None:
             ctx.audit.start()
 
     async def close(_app: web.Application) -> None:
+        collector.stop.set()  # a collection under way stops at its next blob
+        for task in collecting:
+            task.cancel()
         # After the last response: the audit log's final batch has every byte they sent.
         await asyncio.to_thread(ctx.close)
 
     report_stops(app, ctx)
     app.on_startup.append(start_audit)
     app.on_startup.append(prebuild)
+    app.on_startup.append(start_gc)
     app.on_cleanup.append(close)
     return app

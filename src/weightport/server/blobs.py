@@ -24,10 +24,12 @@ from weightport.errors import FailedPrecondition, InvalidArgument, NotFound, Sig
 from weightport.observability.metrics import BytePath
 from weightport.paths import validate_relative_path
 from weightport.server.byteserve import Entity, blob_body, content_disposition, serve_entity
+from weightport.server.client_timeouts import read_body_chunk
 from weightport.server.context import ServerContext, context_of
 from weightport.server.protocol import defer_continue, send_continue
 from weightport.server.requests import CALLER
 from weightport.server.transfers import Download
+from weightport.services.gc import pin_stored
 from weightport.services.staged_uploads import StagedFile as DeclaredFile
 from weightport.storage.base import StagedUploads
 
@@ -220,6 +222,9 @@ async def upload(request: web.Request) -> web.Response:
     except (KeyError, ValueError):
         raise SignatureInvalid("this URL is not an upload URL") from None
     _check_declared_length(request, size)
+    # Refused before a byte is stored (a READY model, an outdated URL): a replayed URL
+    # costs the store nothing.
+    await ctx.catalog.run(lambda s: uploads.check_landable(s, account, model_id, path, generation))
     await send_continue(request)
 
     # A URL minted for a declared sha256 stores nothing but those bytes; the declared size
@@ -227,7 +232,7 @@ async def upload(request: web.Request) -> web.Response:
     upload = ctx.store.begin_upload(expected_sha256=bound.get("sha256"), expected_size=size)
     try:
         pending = bytearray()
-        async for chunk in request.content.iter_chunked(UPLOAD_BUFFER):
+        while chunk := await read_body_chunk(request, UPLOAD_BUFFER, ctx.settings.body_timeout):
             if upload.written + len(pending) + len(chunk) > size:
                 raise InvalidArgument(f"{path!r}: body is larger than the declared {size} bytes")
             pending += chunk
@@ -244,9 +249,12 @@ async def upload(request: web.Request) -> web.Response:
     except BaseException:
         await asyncio.to_thread(upload.abort)
         raise
-    await ctx.catalog.run(
-        lambda s: uploads.land_file(s, account, model_id, path, generation, info.key, info.size)
-    )
+
+    def land(session: Session) -> None:
+        pin_stored(session, ctx.store, [info.key])
+        uploads.land_file(session, account, model_id, path, generation, info.key, info.size)
+
+    await ctx.catalog.run(land)
     return web.Response(status=200)
 
 

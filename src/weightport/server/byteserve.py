@@ -54,6 +54,7 @@ from weightport.ranges import (
     unsatisfied_content_range,
 )
 from weightport.server.chunk_pump import CHUNK_SIZE, ChunkPump, Segment
+from weightport.server.client_timeouts import SendWatch
 from weightport.server.read_ahead import ReadAheadPool
 from weightport.server.transfers import Download, Transfer
 from weightport.storage.base import BlobSource, BlobStore, ByteSource, LocalPaths
@@ -313,12 +314,15 @@ async def _send(
             await body()
         await response.write_eof(tail)
         transfer.add(len(tail))
-    except ConnectionError:
-        # The client hung up: routine for downloaders that resume, and nothing to tell it.
-        # Raising would make aiohttp log a traceback for it.
+    except ConnectionError as exc:
+        # The client hung up (or stalled and was dropped): routine for downloaders that
+        # resume, and nothing to tell it. Raising would make aiohttp log a traceback.
         log.debug("client went away during %s %s", request.method, request.path)
         transfer.cut()
         response.force_close()
+        # aiohttp keeps this exception on the request; its traceback reaches the frames
+        # that held the body's buffers, in a cycle only a full GC would break.
+        exc.__traceback__ = None
     except Exception as exc:
         if not response.prepared:
             raise
@@ -361,7 +365,12 @@ SENDFILE_PIECE = 16 << 20
 
 
 async def _sendfile(
-    transport: asyncio.Transport, fobj: IO[bytes], start: int, length: int, transfer: Transfer
+    transport: asyncio.Transport,
+    fobj: IO[bytes],
+    start: int,
+    length: int,
+    transfer: Transfer,
+    watch: SendWatch | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     for offset in range(start, start + length, SENDFILE_PIECE):
@@ -371,7 +380,10 @@ async def _sendfile(
             raise ConnectionResetError("client connection closed")
         os.lseek(fobj.fileno(), offset, os.SEEK_SET)
         try:
-            transfer.add(await loop.sendfile(transport, fobj, offset, count))
+            if watch is not None:  # dropped (ClientStalled) when the client stops reading
+                transfer.add(await watch.sendfile(fobj, offset, count))
+            else:
+                transfer.add(await loop.sendfile(transport, fobj, offset, count))
         except OSError:
             # asyncio leaves the file position after what was sent before the failure.
             transfer.add(max(0, os.lseek(fobj.fileno(), 0, os.SEEK_CUR) - offset))
@@ -388,6 +400,7 @@ async def _send_local_file(
 ) -> web.StreamResponse:
     fobj = await asyncio.to_thread(_open_regular, path, size)
     pump: ChunkPump | None = None
+    watch = SendWatch.of(request)
 
     async def body() -> None:
         nonlocal pump
@@ -400,7 +413,7 @@ async def _send_local_file(
             if transport is None:
                 raise ConnectionResetError("client connection closed")
             try:
-                await _sendfile(transport, fobj, segment.start, segment.length, transfer)
+                await _sendfile(transport, fobj, segment.start, segment.length, transfer, watch)
             except NotImplementedError:
                 # A loop without sendfile (uvloop): stream the rest through the pump.
                 pump = ChunkPump(FileSource(fobj, size), segments[index:], counter=transfer.add)

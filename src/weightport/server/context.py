@@ -9,6 +9,8 @@ from aiohttp import web
 
 from weightport.catalog.db import Catalog
 from weightport.config import Settings
+from weightport.server.download_slots import DownloadSlots
+from weightport.server.memory import MemoryReturn
 from weightport.server.read_ahead import ReadAheadPool
 from weightport.services.archive_builds import ArchiveBuilder
 from weightport.services.audit import AuditLog
@@ -39,6 +41,9 @@ class ServerContext:
     builder: ArchiveBuilder
     key_status: KeyStatusCache
     plans: PlanCache
+    #: The per-account cap on computed downloads (429 beyond it).
+    slots: DownloadSlots
+    memory: MemoryReturn
     read_ahead: ReadAheadPool = field(default_factory=ReadAheadPool)
     hub_files: RevisionFilesCache = field(default_factory=RevisionFilesCache)
     staged: StagedLanding = field(default_factory=StagedLanding)
@@ -65,10 +70,11 @@ class ServerContext:
         return f"{request.scheme}://{request.host}"
 
     def close(self) -> None:
-        """Write the audit log's last batch, stop background builds (handing a running one
-        back), the read-ahead pool and the catalog."""
+        """Write the audit log's last batch, cancel pending memory returns, stop background
+        builds (handing a running one back), the read-ahead pool and the catalog."""
         if self.audit is not None:
             self.audit.close()
+        self.memory.close()
         self.builder.close()
         self.read_ahead.close()
         self.catalog.close()

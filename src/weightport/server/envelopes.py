@@ -13,13 +13,7 @@ from enum import Enum
 
 from aiohttp import web
 
-from weightport.errors import (
-    MethodNotAllowed,
-    RangeNotSatisfiable,
-    StillWorking,
-    Unavailable,
-    WeightportError,
-)
+from weightport.errors import WeightportError
 from weightport.server.hub import PREFIX as HUB_PREFIX
 from weightport.server.hub.errors import hub_error_response
 
@@ -68,16 +62,7 @@ def error_body(error: WeightportError, dialect: Dialect) -> dict[str, object]:
 def error_response(error: WeightportError, dialect: Dialect) -> web.Response:
     if dialect is Dialect.HUB:
         return hub_error_response(error)
-    headers = {"x-should-retry": "true" if error.retryable else "false"}
-    if isinstance(error, RangeNotSatisfiable):
-        headers["Content-Range"] = f"bytes */{error.size}"
-    if isinstance(error, StillWorking):
-        headers["Retry-After"] = str(error.retry_after)
-    if isinstance(error, MethodNotAllowed) and error.allowed:
-        headers["Allow"] = ", ".join(error.allowed)
-    if isinstance(error, Unavailable):
-        # A busy or briefly unreachable catalog: worth another try in a moment.
-        headers["Retry-After"] = "1"
+    headers = {"x-should-retry": "true" if error.retryable else "false", **error.headers()}
     return web.Response(
         status=error.status,
         text=json.dumps(error_body(error, dialect)),

@@ -26,7 +26,8 @@ from weightport.server.context import context_of
 from weightport.server.envelopes import json_response
 from weightport.server.fireworks_resources import model_json
 from weightport.server.requests import json_body
-from weightport.storage.base import BlobInfo
+from weightport.services.gc import pin_stored
+from weightport.storage.base import BlobInfo, BlobStore
 from weightport.storage.factory import s3_connection
 from weightport.storage.s3 import S3Location
 from weightport.storage.s3.folder import S3Folder
@@ -75,7 +76,7 @@ async def import_model(request: web.Request, account: str, model_id: str) -> web
     )
     for path, generation in declared:
         info = await asyncio.to_thread(folder.import_file, ctx.store, path)
-        await ctx.catalog.run(_land(account, model_id, path, generation, info))
+        await ctx.catalog.run(_land(ctx.store, account, model_id, path, generation, info))
     model = await ctx.catalog.run(lambda s: model_json(registry.get_model(s, account, model_id)))
     operation: dict[str, Any] = {
         "name": f"{registry.resource_name(account, model_id)}/operations/import",
@@ -86,9 +87,11 @@ async def import_model(request: web.Request, account: str, model_id: str) -> web
 
 
 def _land(
-    account: str, model_id: str, path: str, generation: int, info: BlobInfo
+    store: BlobStore, account: str, model_id: str, path: str, generation: int, info: BlobInfo
 ) -> Callable[[Session], None]:
     def run(session: Session) -> None:
+        # The bytes may equal a blob garbage collection is deleting this instant.
+        pin_stored(session, store, [info.key])
         uploads.land_file(session, account, model_id, path, generation, info.key, info.size)
 
     return run

@@ -19,6 +19,7 @@ from weightport.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from weightport.server.client_timeouts import read_body_chunk
 from weightport.server.context import context_of
 
 #: The authenticated caller, kept on the request for handlers that mint signed URLs.
@@ -82,9 +83,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    timeout = context_of(request).settings.body_timeout
     parts: list[bytes] = []
     received = 0
-    while chunk := await request.content.read(limit + 1 - received):
+    while chunk := await read_body_chunk(request, limit + 1 - received, timeout):
         parts.append(chunk)
         received += len(chunk)
         if received > limit:

@@ -159,13 +159,16 @@ async def serve_archive(
         )
         body = SourceBody(stored, ctx.read_ahead if computed else None)
         path = BytePath.MERGED if computed else BytePath.STORED_ARCHIVE
-    return await serve_entity(
-        request,
-        entity,
-        body,
-        max_ranges=ctx.settings.max_ranges,
-        download=Download(path, subject),
-    )
+    download = Download(path, subject)
+    if isinstance(body, LocalFile) or request.method != "GET":
+        return await serve_entity(
+            request, entity, body, max_ranges=ctx.settings.max_ranges, download=download
+        )
+    # Assembled (or read from a remote store) while it is sent: counted against the cap.
+    with ctx.slots.hold(job.account_id):
+        return await serve_entity(
+            request, entity, body, max_ranges=ctx.settings.max_ranges, download=download
+        )
 
 
 def add_routes(app: web.Application) -> None:

@@ -43,6 +43,7 @@ from weightport.catalog.db import Catalog
 from weightport.catalog.schema import ArchiveBuild, FineTune, utcnow
 from weightport.observability import metrics
 from weightport.services.finetune_archives import PlanCache, select_artifact
+from weightport.services.gc import pin_stored
 from weightport.storage.base import BlobStore
 
 log = logging.getLogger("weightport.archives")
@@ -275,6 +276,11 @@ class ArchiveBuilder:
         """Record the outcome, if the build is still ours."""
 
         def run(session: Session) -> None:
+            blob = values.get("blob_sha256")
+            if isinstance(blob, str):
+                # Garbage collection may be deleting identical bytes this instant (Aborted:
+                # the build fails and is asked for again).
+                pin_stored(session, self.store, [blob])
             build = session.get(ArchiveBuild, digest, with_for_update=True)
             if build is None or build.owner != self.owner or build.state != BuildState.BUILDING:
                 raise BuildLost(digest)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from weightport.archive import ArchiveMember, ArchivePlan, stored_archive
@@ -197,28 +198,41 @@ class PlanCache:
     (and a merged view's warm tensor cache). Summaries of many more plans are kept too: a
     fine-tune page lists every archive of every step, and a merged plan costs ~10-20 ms of
     header parsing (a 291-tensor base, a 448-tensor adapter) where a summary costs nothing.
+    :meth:`drop_idle` lets the memory of plans nobody asked for lately go (merged views
+    cache a few blocks of merged weights each); summaries are small and stay.
 
     Keys never go stale: a checkpoint's files and its base model's are immutable.
     """
 
-    def __init__(self, capacity: int = 32, summaries: int = 16384) -> None:
-        self._plans: OrderedDict[tuple[int, str], ArchivePlan] = OrderedDict()
+    def __init__(
+        self,
+        capacity: int = 32,
+        summaries: int = 16384,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._plans: OrderedDict[tuple[int, str], tuple[ArchivePlan, float]] = OrderedDict()
         self._summaries: OrderedDict[tuple[int, str], PlanSummary] = OrderedDict()
         self._capacity = capacity
         self._summary_capacity = summaries
+        self._clock = clock
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
     def get(self, store: BlobStore, job: FineTune, selection: Selection) -> ArchivePlan:
         key = (selection.checkpoint.pk, selection.artifact)
         with self._lock:
-            plan = self._plans.get(key)
-            if plan is not None:
+            hit = self._plans.get(key)
+            if hit is not None:
+                self._plans[key] = (hit[0], self._clock())
                 self._plans.move_to_end(key)
-                return plan
+                return hit[0]
         plan = build_plan(store, job, selection)
         summary = PlanSummary(plan.digest, stored_archive(plan).size)
         with self._lock:
-            self._plans[key] = plan
+            self._plans[key] = (plan, self._clock())
             while len(self._plans) > self._capacity:
                 self._plans.popitem(last=False)
             self._remember(key, summary)
@@ -240,6 +254,16 @@ class PlanCache:
         self._summaries.move_to_end(key)
         while len(self._summaries) > self._summary_capacity:
             self._summaries.popitem(last=False)
+
+    def drop_idle(self, idle_s: float) -> int:
+        """Forget plans not asked for in ``idle_s`` seconds; returns how many. (Downloads
+        still running keep their own reference: they are not disturbed.)"""
+        cutoff = self._clock() - idle_s
+        with self._lock:
+            stale = [key for key, (_, used) in self._plans.items() if used <= cutoff]
+            for key in stale:
+                del self._plans[key]
+        return len(stale)
 
 
 def prebuild_selections(job: FineTune) -> list[Selection]:

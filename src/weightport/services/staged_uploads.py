@@ -23,13 +23,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
 from weightport.catalog import registry, uploads
 from weightport.catalog.db import Catalog
 from weightport.errors import FailedPrecondition, InvalidArgument, StillWorking
-from weightport.storage.base import BlobInfo, StagedUploads
+from weightport.services.gc import pin_stored
+from weightport.storage.base import BlobInfo, BlobStore, StagedUploads
 
 #: Files hashed at once per process.
 HASH_WORKERS = 2
@@ -112,10 +114,16 @@ def _pending(account: str, model_id: str) -> Callable[[Session], list[StagedFile
     return run
 
 
+class StagingStore(BlobStore, StagedUploads, Protocol):
+    """A store that takes direct uploads under staging names."""
+
+
 def _land(
-    account: str, model_id: str, file: StagedFile, info: BlobInfo
+    store: BlobStore, account: str, model_id: str, file: StagedFile, info: BlobInfo
 ) -> Callable[[Session], None]:
     def run(session: Session) -> None:
+        # Its bytes may equal a blob garbage collection is deleting this instant.
+        pin_stored(session, store, [info.key])
         uploads.land_file(
             session, account, model_id, file.path, file.generation, info.key, info.size
         )
@@ -125,7 +133,7 @@ def _land(
 
 async def land_staged(
     catalog: Catalog,
-    store: StagedUploads,
+    store: StagingStore,
     landing: StagedLanding,
     account: str,
     model_id: str,
@@ -154,7 +162,7 @@ async def land_staged(
         except InvalidArgument as exc:
             raise FailedPrecondition(f"{file.path!r}: {exc.message}") from None
         try:
-            await catalog.run(_land(account, model_id, file, info))
+            await catalog.run(_land(store, account, model_id, file, info))
         except FailedPrecondition:
             # Other bytes than declared (or a stale declaration): drop them, so the caller
             # uploads again rather than having them hashed at every poll.

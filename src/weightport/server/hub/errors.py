@@ -17,9 +17,7 @@ from aiohttp import web
 from weightport.errors import (
     EntryNotFound,
     InvalidCredentials,
-    MethodNotAllowed,
     NotFound,
-    RangeNotSatisfiable,
     RevisionNotFound,
     Unauthenticated,
     WeightportError,
@@ -41,7 +39,9 @@ _BY_STATUS = {
     409: "Conflict",
     412: "PreconditionFailed",
     413: "PayloadTooLarge",
+    408: "RequestTimeout",
     416: "RangeNotSatisfiable",
+    429: "TooManyRequests",
 }
 
 
@@ -78,10 +78,7 @@ def error_headers(error: WeightportError) -> dict[str, str]:
     headers["X-Error-Message"] = header_text(message)
     if isinstance(error, EntryNotFound):
         headers["X-Repo-Commit"] = error.commit
-    if isinstance(error, RangeNotSatisfiable):
-        headers["Content-Range"] = f"bytes */{error.size}"
-    if isinstance(error, MethodNotAllowed) and error.allowed:
-        headers["Allow"] = ", ".join(error.allowed)
+    headers.update(error.headers())  # Content-Range of a 416, Allow of a 405, Retry-After of a 429
     return headers
 
 

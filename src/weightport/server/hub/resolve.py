@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+from contextlib import ExitStack
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -99,12 +100,17 @@ async def resolve(request: web.Request) -> web.StreamResponse:
         if file.blob is not None
         else SourceBody(file.source, ctx.read_ahead)  # merged: computed ahead of the socket
     )
-    return await serve_entity(
-        request,
-        entity,
-        body,
-        max_ranges=ctx.settings.max_ranges,
-        extra_headers=headers,
-        unsatisfiable_headers={**headers, **RANGE_ERROR_HEADERS},
-        download=Download(BytePath.HUB, subject),
-    )
+    with ExitStack() as held:
+        if file.blob is None and request.method == hdrs.METH_GET:
+            # A merged shard is computed while it is sent: counted against the account's cap
+            # (429 with Retry-After; huggingface_hub retries it with backoff).
+            held.enter_context(ctx.slots.hold(found.repo.account))
+        return await serve_entity(
+            request,
+            entity,
+            body,
+            max_ranges=ctx.settings.max_ranges,
+            extra_headers=headers,
+            unsatisfiable_headers={**headers, **RANGE_ERROR_HEADERS},
+            download=Download(BytePath.HUB, subject),
+        )

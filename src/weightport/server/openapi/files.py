@@ -76,7 +76,7 @@ def paths() -> dict[str, Schema]:
         },
         responses={
             "200": {"description": "Landed (empty body)"},
-            **error_responses(ENVELOPE, (400, 403, 404, 409, 413, 417, 503, 507)),
+            **error_responses(ENVELOPE, (400, 403, 404, 408, 409, 413, 417, 503, 507)),
         },
     )
     return {

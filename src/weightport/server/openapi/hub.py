@@ -144,7 +144,7 @@ def paths() -> dict[str, Schema]:
                 "description": "To the store's presigned URL (S3), metadata on the redirect",
                 "headers": {"Location": {"schema": STRING}},
             },
-            **_errors(*COMMON, 412),
+            **_errors(*COMMON, 412, 429),  # 429: merged shards count against the cap
         },
     )
     return {

@@ -42,6 +42,7 @@ REASONS = {
     412: "Precondition failed (If-Match)",
     413: "Body larger than the configured limit",
     416: "Range not satisfiable (Content-Range: bytes */SIZE)",
+    408: "The request body stalled (no byte for body_timeout seconds); send it again",
     417: "An Expect header other than 100-continue",
     429: "Too many concurrent computed downloads (Retry-After says when to retry)",
     503: "The catalog or store is unavailable for now (retry)",

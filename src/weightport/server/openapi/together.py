@@ -212,7 +212,7 @@ def paths() -> dict[str, Schema]:
         responses={
             **byte_responses("application/zstd"),
             **REDIRECT_TO_STORE,
-            **_errors(*COMMON, 412),
+            **_errors(*COMMON, 412, 429),
         },
     )
     head = {**download, "operationId": "headFineTuneDownload"}
