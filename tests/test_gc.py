@@ -1,4 +1,4 @@
-"""Garbage collection on a real catalog and store (SQLite, the local store): what it
+"""Garbage collection on a real catalog (SQLite and PostgreSQL) and the local store: what it
 deletes, what it keeps, the grace period, dry runs, concurrent collections, and the turn
 taking with code that lands a reference at the same moment."""
 
@@ -27,8 +27,8 @@ FIELDS = {"kind": "CUSTOM_MODEL"}
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[Catalog]:
-    opened = Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    opened = Catalog.open(catalog_url)
     opened.call(lambda s: accounts.create_account(s, "acme"))
     yield opened
     opened.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -34,8 +33,8 @@ def test_every_blob_key_column_is_a_reference() -> None:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[Catalog]:
-    opened = Catalog.open(f"sqlite:///{tmp_path / 'c.sqlite3'}")
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    opened = Catalog.open(catalog_url)
     yield opened
     opened.close()
 

@@ -125,7 +125,9 @@ def marks(session: Session, keys: Collection[str]) -> dict[str, datetime]:
 def take_for_deletion(session: Session, key: str, cutoff: datetime) -> bool:
     """Delete the blob's row if it is still marked at or before ``cutoff``: the first step
     of deleting the blob, holding its row until the transaction ends."""
-    result = session.execute(
-        delete(StoredBlob).where(StoredBlob.key == key, StoredBlob.unreferenced_since <= cutoff)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    deleted = session.execute(
+        delete(StoredBlob)
+        .where(StoredBlob.key == key, StoredBlob.unreferenced_since <= cutoff)
+        .returning(StoredBlob.key)
+    ).first()
+    return deleted is not None

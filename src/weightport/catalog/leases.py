@@ -3,7 +3,8 @@ shares it, until the holder releases the lease or lets it expire (a crashed hold
 is taken over once it has expired).
 
 One statement decides, on SQLite and PostgreSQL alike: ``INSERT … ON CONFLICT DO UPDATE …
-WHERE the lease has expired or is ours`` changes one row exactly when the caller may hold it.
+WHERE the lease has expired or is ours RETURNING …`` returns a row exactly when the caller may
+hold it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ def acquire(session: Session, name: str, holder: str, ttl_s: float, now: datetim
     holder's lease has not expired."""
     expires = now + timedelta(seconds=ttl_s)
     statement = upsert(session, Lease).values(name=name, holder=holder, expires_at=expires)
-    result = session.execute(
+    # RETURNING, not rowcount: psycopg's rowcount for an upsert that changed nothing is not 0.
+    taken = session.execute(
         statement.on_conflict_do_update(
             index_elements=[Lease.name],
             set_={"holder": holder, "expires_at": expires},
             where=or_(Lease.expires_at <= now, Lease.holder == holder),
-        )
-    )
-    return bool(getattr(result, "rowcount", 0))
+        ).returning(Lease.name)
+    ).first()
+    return taken is not None
 
 
 def release(session: Session, name: str, holder: str) -> None:
