@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from tests.byte_sources import MemorySource
 from weightport.merge.adapter import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from weightport.merge.plan import plan_merge
 from weightport.merge.safetensors_format import read_header
@@ -22,7 +21,7 @@ from weightport.merge.tensor import (
     storage_dtype,
     to_float32,
 )
-from weightport.storage.base import ByteSource
+from weightport.storage.base import ByteSource, MemorySource
 from weightport.storage.files import PathSource
 
 _NUMPY = {

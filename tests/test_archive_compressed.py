@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.byte_sources import MemorySource
 from weightport.archive import (
     ArchiveMember,
     ArchivePlan,
@@ -21,6 +20,7 @@ from weightport.archive import (
     compress_archive,
 )
 from weightport.errors import InvalidArgument, StorageError
+from weightport.storage.base import MemorySource
 
 MIB = 1024 * 1024
 _rng = random.Random(7)

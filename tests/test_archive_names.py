@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.byte_sources import MemorySource
 from weightport.archive import ArchiveMember, ArchivePlan
 from weightport.archive.names import tree_entries, validate_top
 from weightport.errors import InvalidArgument
+from weightport.storage.base import MemorySource
 
 
 def _plan(*names: str, top: str = "model") -> ArchivePlan:

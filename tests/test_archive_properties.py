@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from tests.archive_helpers import tarfile_reference
-from tests.byte_sources import MemorySource
 from weightport.archive import (
     ArchiveMember,
     ArchivePlan,
@@ -24,7 +23,7 @@ from weightport.archive import (
 )
 from weightport.archive.stored import BLOCK_SIZE, DEFAULT_FRAME_SIZE
 from weightport.errors import InvalidArgument
-from weightport.storage.base import ByteSource
+from weightport.storage.base import ByteSource, MemorySource
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.byte_sources import MemorySource
 from weightport.archive import ArchiveMember, ArchivePlan, StoredArchive, stored_archive
 from weightport.archive.stored import BLOCK_SIZE, FRAME_HEADER_SIZE
 from weightport.errors import InvalidArgument
-from weightport.storage.base import ByteSource
+from weightport.storage.base import ByteSource, MemorySource
 
 MIB = 1024 * 1024
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.archive_helpers import tarfile_reference
-from tests.byte_sources import MemorySource
 from weightport.archive import ArchiveMember, ArchivePlan
 from weightport.archive.headers import MTIME, RECORD
+from weightport.storage.base import MemorySource
 
 GIB = 1024**3
 

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.byte_sources import MemorySource
 from tests.merge_fixtures import dir_sources, read_all
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.view import MergedShard, merged_files
+from weightport.storage.base import MemorySource
 
 pytestmark = pytest.mark.oracle
 

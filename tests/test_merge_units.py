@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tests.byte_sources import MemorySource
 from tests.merge_fixtures import (
     adapter_files,
     bf16,
@@ -31,6 +30,7 @@ from weightport.merge.tensor import (
     lora_factors,
     lora_product,
 )
+from weightport.storage.base import MemorySource
 
 RNG = np.random.default_rng(20240611)
 

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.byte_sources import MemorySource
 from tests.merge_fixtures import (
     adapter_files,
     bf16,
@@ -25,7 +24,7 @@ from tests.merge_fixtures import (
 )
 from weightport.merge.safetensors_format import read_header
 from weightport.merge.view import MergedShard, merged_files
-from weightport.storage.base import ByteSource
+from weightport.storage.base import ByteSource, MemorySource
 
 RNG = np.random.default_rng(7)
 P = "base_model.model."

@@ -175,3 +175,21 @@ class BlobSource:
 
     def readinto(self, offset: int, buf: memoryview) -> None:
         self.store.readinto(self.key, offset, buf)
+
+
+@dataclass(frozen=True)
+class MemorySource:
+    """A :class:`ByteSource` over bytes in memory (a small computed file; tests' generated
+    files)."""
+
+    data: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def readinto(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        if offset < 0 or end > len(self.data):
+            raise ValueError(f"read [{offset}, {end}) outside 0..{len(self.data)}")
+        buf[:] = self.data[offset:end]

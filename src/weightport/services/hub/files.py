@@ -23,26 +23,9 @@ from weightport.errors import EntryNotFound
 from weightport.merge.view import merged_files
 from weightport.services.finetune_archives import merged_identity
 from weightport.services.hub.revisions import Revision, RevisionKind, StoredFile
-from weightport.storage.base import BlobSource, BlobStore, ByteSource
+from weightport.storage.base import BlobSource, BlobStore, ByteSource, MemorySource
 
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-@dataclass(frozen=True)
-class MemorySource:
-    """A small computed file held in memory, as a :class:`ByteSource`."""
-
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        end = offset + len(buf)
-        if offset < 0 or end > len(self.data):
-            raise ValueError(f"read [{offset}, {end}) outside 0..{len(self.data)}")
-        buf[:] = self.data[offset:end]
 
 
 @dataclass(frozen=True)
