@@ -345,6 +345,38 @@ def test_a_template_signs_exactly_as_sign_does(path: str, values: list[str]) -> 
     assert signer.verify("GET", path, query, now=NOW) == {"a": values[0], "b": values[1]}
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    paths=st.lists(st.text(_ALPHABET, min_size=1, max_size=40), min_size=1, max_size=4),
+    shared=st.text(_ALPHABET, max_size=20),
+    data=st.data(),
+)
+def test_a_batch_signs_each_url_as_sign_does(
+    paths: list[str], shared: str, data: st.DataObject
+) -> None:
+    signer = UrlSigner([NEW])
+    template = signer.template("GET", expires_at=NOW + 60, now=NOW, names=("a", "b"))
+    size = len(paths)
+    each = data.draw(st.lists(st.text(_ALPHABET, max_size=20), min_size=size, max_size=size))
+    queries = template.query_strings(paths, shared={"b": shared}, each={"a": each})
+    assert len(queries) == len(paths)
+    for path, value, query in zip(paths, each, queries, strict=True):
+        expected = signer.sign(
+            "GET", path, expires_at=NOW + 60, now=NOW, bound={"a": value, "b": shared}
+        )
+        assert query == urlencode(expected)
+
+
+def test_a_batch_needs_every_bound_value_once() -> None:
+    template = UrlSigner([NEW]).template("GET", expires_at=NOW + 60, now=NOW, names=("a", "b"))
+    with pytest.raises(ValueError, match="exactly"):
+        template.query_strings(["/p"], each={"a": ["1"]})
+    with pytest.raises(ValueError, match="exactly"):
+        template.query_strings(["/p"], shared={"a": "1", "b": "2"}, each={"b": ["3"]})
+    with pytest.raises(ValueError, match="1 values of 'a'"):
+        template.query_strings(["/p"], shared={"b": "2"}, each={"a": ["1", "2"]})
+
+
 def test_templates_are_checked_like_sign() -> None:
     signer = UrlSigner([NEW])
     with pytest.raises(InvalidArgument, match="sorted"):

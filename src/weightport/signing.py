@@ -217,7 +217,17 @@ class SignatureTemplate:
     each canonical string and query from scratch cost several times the HMAC itself.
     """
 
-    __slots__ = ("_bound_keys", "_head", "_middle", "_names", "_query_head", "_secret", "query")
+    __slots__ = (
+        "_bound_keys",
+        "_bound_names",
+        "_head",
+        "_middle",
+        "_names",
+        "_prefix",
+        "_query_head",
+        "_secret",
+        "query",
+    )
 
     def __init__(
         self,
@@ -232,6 +242,9 @@ class SignatureTemplate:
         self._head = _field(ALGORITHM) + _field(method)
         self._middle = _field(date) + _field(expires) + _field(key.kid) + _field(headers)
         self._names = [_field(name) for name in names]
+        self._bound_names = list(names)
+        # HMAC keyed and fed the fields every URL starts with; each URL signs on a copy.
+        self._prefix = hmac.new(self._secret, self._head, "sha256")
         self._bound_keys = [BOUND_PREFIX + name for name in names]
         #: The query parameters every URL of this template carries.
         self.query = {
@@ -263,11 +276,58 @@ class SignatureTemplate:
     def query_string(self, path: str, values: Sequence[str]) -> str:
         """:meth:`params` encoded as a URL query string, byte for byte what
         :func:`urllib.parse.urlencode` makes of them, without building the mapping."""
-        bound = "".join(
-            f"&{_escaped(key)}={_escaped(value)}"
-            for key, value in zip(self._bound_keys, values, strict=True)
-        )
-        return f"{self._query_head}{bound}&{Q_SIGNATURE}={self.signature(path, values)}"
+        each = {name: [value] for name, value in zip(self._bound_names, values, strict=True)}
+        return self.query_strings([path], each=each)[0]
+
+    def query_strings(
+        self,
+        paths: Sequence[str],
+        *,
+        shared: Mapping[str, str] | None = None,
+        each: Mapping[str, Sequence[str]] | None = None,
+    ) -> list[str]:
+        """:meth:`query_string` for each of ``paths``, many URLs at once (a listing of 200
+        files signs 200 per request). Every bound name of the template takes its value from
+        ``shared`` (one value for all the URLs, encoded once) or from ``each`` (a value per
+        path, in the order of ``paths``)."""
+        shared = shared or {}
+        each = each or {}
+        if sorted([*shared, *each]) != self._bound_names:
+            raise ValueError(f"values for exactly {self._bound_names} expected")
+        # Per bound name, in the template's order: the canonical and query text it adds,
+        # whole for a shared value, up to the value for a per-URL one (then its column).
+        slots: list[tuple[bytes, str, Sequence[str] | None]] = []
+        for name, field, key in zip(self._bound_names, self._names, self._bound_keys, strict=True):
+            column = each.get(name)
+            if column is None:
+                value = shared[name]
+                slots.append((field + _field(value), f"&{key}={_escaped(value)}", None))
+            elif len(column) != len(paths):
+                raise ValueError(f"{len(paths)} values of {name!r} expected, not {len(column)}")
+            else:
+                # Bound names are letters, digits and "-": never escaped.
+                slots.append((field, f"&{key}=", column))
+        middle, prefix = self._middle, self._prefix
+        tail = f"&{Q_SIGNATURE}="
+        safe = _URL_SAFE_RE.fullmatch
+        out: list[str] = []
+        for i, path in enumerate(paths):
+            raw = path.encode("utf-8", "surrogatepass")
+            parts = [b"%d:%b" % (len(raw), raw), middle]
+            query = [self._query_head]
+            for canonical, text, column in slots:
+                parts.append(canonical)
+                query.append(text)
+                if column is not None:
+                    value = column[i]
+                    raw = value.encode("utf-8", "surrogatepass")
+                    parts.append(b"%d:%b" % (len(raw), raw))
+                    query.append(value if safe(value) else quote_plus(value, safe=""))
+            mac = prefix.copy()
+            mac.update(b"".join(parts))
+            query += (tail, mac.hexdigest())
+            out.append("".join(query))
+        return out
 
 
 def _query_string(params: Mapping[str, str]) -> str:

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from weightport.catalog.schema import Account, ApiKey, utcnow
@@ -93,6 +93,13 @@ def create_key(session: Session, account_id: str, name: str = "") -> IssuedKey:
     return IssuedKey(id=key_id, account_id=account_id, secret=secret)
 
 
+# Built once: every authenticated call runs it, and building costs more than running it.
+_KEY_BY_DIGEST = select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at).where(
+    ApiKey.secret_sha256 == bindparam("digest")
+)
+_KEY_REVOKED_AT = select(ApiKey.revoked_at).where(ApiKey.id == bindparam("id"))
+
+
 def authenticate(session: Session, secret: str) -> Caller:
     """The account and key id a presented key belongs to; :class:`Unauthenticated` otherwise.
 
@@ -105,7 +112,7 @@ def authenticate(session: Session, secret: str) -> Caller:
         # Keys are ASCII; other bytes in the header cannot match one (and cannot be hashed
         # as text when they arrive undecodable).
         raise InvalidCredentials("the API key you provided is invalid or revoked")
-    key = session.scalar(select(ApiKey).where(ApiKey.secret_sha256 == _digest(secret)))
+    key = session.connection().execute(_KEY_BY_DIGEST, {"digest": _digest(secret)}).first()
     if key is None or key.revoked_at is not None:
         raise InvalidCredentials("the API key you provided is invalid or revoked")
     return Caller(account_id=key.account_id, key_id=key.id)
@@ -113,7 +120,7 @@ def authenticate(session: Session, secret: str) -> Caller:
 
 def key_is_active(session: Session, key_id: str) -> bool:
     """Whether the key exists and is not revoked (a deleted account's keys are gone)."""
-    revoked_at = session.execute(select(ApiKey.revoked_at).where(ApiKey.id == key_id)).one_or_none()
+    revoked_at = session.connection().execute(_KEY_REVOKED_AT, {"id": key_id}).one_or_none()
     return revoked_at is not None and revoked_at[0] is None
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -99,9 +99,9 @@ def get_model(session: Session, account_id: str, model_id: str, *, lock: bool = 
     return model
 
 
-@dataclass(frozen=True)
-class DownloadableFile:
-    """A landed file of a READY model, as a download listing needs it."""
+class DownloadableFile(NamedTuple):
+    """A landed file of a READY model, as a download listing needs it (a named tuple: a
+    listing builds hundreds per request, and a frozen dataclass costs several times more)."""
 
     path: str
     declared_size: int
@@ -118,15 +118,24 @@ class DownloadableModel:
     files: tuple[DownloadableFile, ...]
 
 
+# Built once: constructing a statement costs more than SQLite takes to run it, on the
+# path every getDownloadEndpoint takes.
+_READY_STATE = select(Model.pk, Model.state).where(
+    Model.account_id == bindparam("account"), Model.model_id == bindparam("model")
+)
+_LANDED_FILES = (
+    select(ModelFile.path, ModelFile.declared_size, ModelFile.sha256)
+    .where(ModelFile.model_pk == bindparam("pk"), ModelFile.sha256.is_not(None))
+    .order_by(ModelFile.path)
+)
+
+
 def get_downloadable(session: Session, account_id: str, model_id: str) -> DownloadableModel:
     """The model's files, if they may be downloaded (it is READY); FAILED_PRECONDITION if not."""
     if not MODEL_ID.match(model_id):
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
-    found = session.execute(
-        select(Model.pk, Model.state).where(
-            Model.account_id == account_id, Model.model_id == model_id
-        )
-    ).first()
+    connection = session.connection()
+    found = connection.execute(_READY_STATE, {"account": account_id, "model": model_id}).first()
     if found is None:
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
     pk, state = found
@@ -135,13 +144,9 @@ def get_downloadable(session: Session, account_id: str, model_id: str) -> Downlo
             f'model "{resource_name(account_id, model_id)}" is {state}: call '
             "validateUpload once every file has landed"
         )
-    rows = session.execute(
-        select(ModelFile.path, ModelFile.declared_size, ModelFile.sha256)
-        .where(ModelFile.model_pk == pk)
-        .order_by(ModelFile.path)
-    )
-    # READY means every file landed; the check only tells the type checker.
-    files = tuple(DownloadableFile(p, size, sha) for p, size, sha in rows if sha is not None)
+    # READY means every file landed; the query's NOT NULL only tells the type checker.
+    rows = connection.execute(_LANDED_FILES, {"pk": pk})
+    files = tuple(map(DownloadableFile._make, rows))
     return DownloadableModel(account_id, model_id, files)
 
 

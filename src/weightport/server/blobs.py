@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import posixpath
 import re
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from aiohttp import web
@@ -43,29 +44,30 @@ def _decoded_path(account: str, model_id: str, path: str) -> str:
     return f"{PREFIX}/{account}/{model_id}/{path}"
 
 
-def signed_file_url(
+def signed_file_urls(
     ctx: ServerContext,
     base: str,
     *,
     method: str,
     account: str,
     model_id: str,
-    path: str,
+    paths: Sequence[str],
+    bound: Mapping[str, Sequence[str]],
     ttl: int,
     minted_by: str,
-    bound: dict[str, str],
-) -> str:
-    """A signed URL for one file of a model, bound to the API key id ``minted_by``."""
+) -> list[str]:
+    """Signed URLs for ``paths``, files of one model, each bound to its values in ``bound``
+    (a value per path for each name) and to the API key id ``minted_by``. They share one
+    template, so a listing of many files pays per URL only for what differs."""
     now = ctx.now()
-    values = {**bound, MINTED_BY: minted_by}
-    names = tuple(sorted(values))
-    # Cached per second: the URLs of one listing share everything but path and values.
+    names = tuple(sorted([*bound, MINTED_BY]))
     template = ctx.signer.template(method, expires_at=now + ttl, now=now, names=names)
-    query = template.query_string(
-        _decoded_path(account, model_id, path), [values[name] for name in names]
+    decoded = f"{PREFIX}/{account}/{model_id}/"
+    queries = template.query_strings(
+        [decoded + path for path in paths], shared={MINTED_BY: minted_by}, each=bound
     )
-    raw_path = f"{PREFIX}/{_segment(account)}/{_segment(model_id)}/{_quoted(path)}"
-    return f"{base}{raw_path}?{query}"
+    raw = f"{base}{PREFIX}/{_segment(account)}/{_segment(model_id)}/"
+    return [f"{raw}{_quoted(path)}?{query}" for path, query in zip(paths, queries, strict=True)]
 
 
 #: Characters ``quote`` leaves alone in a path (plus "/"), so such text needs no call to it.
@@ -80,40 +82,47 @@ def _segment(text: str) -> str:
     return text if "/" not in text and _PATH_SAFE.fullmatch(text) else quote(text, safe="")
 
 
-def signed_download_url(
+def signed_download_urls(
     ctx: ServerContext,
     base: str,
     model: registry.DownloadableModel,
-    file: registry.DownloadableFile,
+    files: Sequence[registry.DownloadableFile],
     *,
     minted_by: str,
     for_browser: bool = False,
-) -> str:
-    """Where a client GETs a landed file of a READY model.
+) -> list[str]:
+    """Where a client GETs each of ``files``, landed files of the READY ``model``.
 
-    With a presigning store (and ``s3_proxy`` off), the store's own URL: the bytes never pass
+    With a presigning store (and ``s3_proxy`` off), the store's own URLs: the bytes never pass
     through weightport, but such a URL cannot be revoked (revoking ``minted_by`` does not
-    reach it), so it lives only ``s3_presign_ttl``. Otherwise this route's signed URL, bound
-    to the file's sha256 (so it can never serve other bytes) and to the API key id
+    reach it), so it lives only ``s3_presign_ttl``. Otherwise this route's signed URLs, each
+    bound to its file's sha256 (so it can never serve other bytes) and to the API key id
     ``minted_by`` (revoking that key revokes the URL), valid for ``download_url_ttl``.
     ``for_browser``: a store URL also names the file to save (weightport's route always does).
     """
     presigner = ctx.presigner()
     if presigner is not None:
-        disposition = content_disposition(posixpath.basename(file.path)) if for_browser else None
-        return presigner.presign_get(
-            file.sha256, expires_in=ctx.settings.s3_presign_ttl, disposition=disposition
-        )
-    return signed_file_url(
+        ttl = ctx.settings.s3_presign_ttl
+        return [
+            presigner.presign_get(
+                file.sha256,
+                expires_in=ttl,
+                disposition=(
+                    content_disposition(posixpath.basename(file.path)) if for_browser else None
+                ),
+            )
+            for file in files
+        ]
+    return signed_file_urls(
         ctx,
         base,
         method="GET",
         account=model.account_id,
         model_id=model.model_id,
-        path=file.path,
+        paths=[file.path for file in files],
+        bound={"sha256": [file.sha256 for file in files]},
         ttl=ctx.settings.download_url_ttl,
         minted_by=minted_by,
-        bound={"sha256": file.sha256},
     )
 
 
@@ -139,17 +148,17 @@ def upload_url(
         and file.declared_size <= ctx.settings.s3_max_put_size
     ):
         return presigner.presign_put(file.name, expires_in=ctx.settings.upload_url_ttl)
-    return signed_file_url(
+    return signed_file_urls(
         ctx,
         base,
         method="PUT",
         account=account,
         model_id=model_id,
-        path=file.path,
+        paths=[file.path],
+        bound={name: [value] for name, value in _upload_binding(file).items()},
         ttl=ctx.settings.upload_url_ttl,
         minted_by=minted_by,
-        bound=_upload_binding(file),
-    )
+    )[0]
 
 
 def _upload_binding(file: DeclaredFile) -> dict[str, str]:

@@ -14,7 +14,7 @@ from weightport.catalog import registry
 from weightport.catalog.audit import Subject
 from weightport.catalog.sessions import SignedIn
 from weightport.errors import InvalidArgument, NotFound
-from weightport.server.blobs import signed_download_url
+from weightport.server.blobs import signed_download_urls
 from weightport.server.console import commands, render
 from weightport.server.console.session import signed_in
 from weightport.server.context import context_of
@@ -135,8 +135,8 @@ async def file_download(request: web.Request, who: SignedIn) -> web.StreamRespon
     if file is None:
         raise NotFound(f"Model {model_id} has no file {path!r}.")
     # Bound to the key the session was opened with: revoking it revokes this URL too.
-    url = signed_download_url(
-        ctx, ctx.public_base(request), model, file, minted_by=who.key_id, for_browser=True
+    (url,) = signed_download_urls(
+        ctx, ctx.public_base(request), model, [file], minted_by=who.key_id, for_browser=True
     )
     resource = registry.resource_name(model.account_id, model.model_id)
     record_grant(request, Subject(model.account_id, resource, "file", file=path))
