@@ -89,3 +89,25 @@ def test_missing_and_revoked_keys_are_401(live_server: LiveServer) -> None:
         assert fw.status_code == 401 and fw.json()["code"] == 16
         tg = httpx.get(f"{live_server.base_url}/v1/fine-tunes", headers=headers)
         assert tg.status_code == 401 and tg.json()["error"]["type"] == "authentication_error"
+
+
+def test_the_download_listing_checks_its_key_like_every_route(
+    live_server: LiveServer, intruder: httpx.Client
+) -> None:
+    # getDownloadEndpoint checks the key in the transaction that reads the model: the same
+    # answers as the routes that check it first.
+    path = "/v1/accounts/admin/models/{}:getDownloadEndpoint"
+    for headers in ({}, {"Authorization": "Bearer wp_0_bogus"}, {"Authorization": "Basic x"}):
+        response = httpx.get(live_server.base_url + path.format("demo-llama"), headers=headers)
+        assert response.status_code == 401 and response.json()["code"] == 16
+    # Another account's model answers exactly as a model that does not exist.
+    real, missing = (intruder.get(path.format(name)) for name in ("demo-llama", "no-such-model"))
+    assert real.status_code == missing.status_code == 404
+    assert real.json()["message"] == missing.json()["message"].replace(
+        "no-such-model", "demo-llama"
+    )
+    owner = httpx.get(
+        live_server.base_url + path.format("demo-llama"),
+        headers={"Authorization": f"Bearer {live_server.admin_key}"},
+    )
+    assert owner.status_code == 200 and owner.json()["filenameToSignedUrls"]
