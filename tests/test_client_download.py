@@ -364,6 +364,35 @@ def test_hashing_after_download_gives_the_same_result(api: FakeApi, tmp_path: Pa
     assert {f.verified for f in result.files} == {"sha256"}
 
 
+def test_bytes_arriving_in_order_are_hashed_without_reading_them_back(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    contents = _populate(api)
+    # One connection fetches every file's parts in order: each buffer extends the digest.
+    result = download(_source(api), tmp_path / "out", replace(SMALL, connections=1))
+    _assert_tree(tmp_path / "out", contents)
+    assert {f.verified for f in result.files} == {"sha256"}
+    assert [f.reread_bytes for f in result.files] == [0] * len(contents)
+    # Several connections: whatever arrived ahead of the digest is read back, still verified.
+    again = download(_source(api), tmp_path / "again", SMALL)
+    _assert_tree(tmp_path / "again", contents)
+    assert {f.verified for f in again.files} == {"sha256"}
+    assert all(0 <= f.reread_bytes <= f.size for f in again.files)
+
+
+def test_a_resume_reads_back_only_the_resumed_bytes(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    one = replace(SMALL, connections=1)
+    api.switches.throttle = 0.02
+    with pytest.raises(KeyboardInterrupt):
+        download(_source(api), tmp_path / "out", one, _interrupt_after(200 * KiB))
+    api.switches.throttle = None
+    result = download(_source(api), tmp_path / "out", one)
+    _assert_tree(tmp_path / "out", contents)
+    assert sum(f.resumed_bytes for f in result.files) > 0
+    assert [f.reread_bytes for f in result.files] == [f.resumed_bytes for f in result.files]
+
+
 def test_range_ignoring_server_downloads_in_one_stream(api: FakeApi, tmp_path: Path) -> None:
     contents = _populate(api)
     api.switches.ignore_range = True

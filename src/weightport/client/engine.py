@@ -17,9 +17,10 @@ Threads, and why:
   each connection is capped, the last parts would otherwise trickle in over one
   connection each while the others sit idle. Halves smaller than what a request's round
   trip costs at that connection's rate are not worth a request and are left alone;
-- one *finisher* per started file hashes the bytes already on disk in order, while the
-  workers keep downloading (sha256 on the download threads halves throughput, and sha256
-  cannot be fed out of order), then verifies and renames the file;
+- sha256 cannot be fed out of order: the worker whose bytes extend a file's digest hashes
+  them from its buffer right after writing them, while they are still in the CPU's cache,
+  and one *finisher* per started file reads back from the page cache what arrived ahead of
+  bytes still missing (:mod:`weightport.client.hashing`), then verifies and renames the file;
 - the calling thread watches: progress, periodic checkpoints (fdatasync, then the state
   file), and Ctrl-C, which stops everyone and leaves a resumable state behind.
 """
@@ -378,7 +379,13 @@ class Downloader:
                 before = t.done[part]
                 if before == t.parts[part].size:
                     return
-                job = PartFetch(t.remote, t.identity, t.parts[part], before, t.fd, epoch)
+                span = t.parts[part]
+                hasher = t.hasher if self.options.hash_while_downloading else None
+                # Everything before this request is on disk, or at least this part so far.
+                on_disk_from = 0 if t.frontier() >= span.start + before else span.start
+                job = PartFetch(
+                    t.remote, t.identity, span, before, t.fd, epoch, hasher, on_disk_from
+                )
             generation = self.generation
             try:
                 # Returns early, without error, if the server sent less than asked: loop on.

@@ -25,6 +25,7 @@ from weightport.client.errors import (
     ServerError,
     error_from_response,
 )
+from weightport.client.hashing import InOrderHash
 from weightport.client.http import (
     HttpSession,
     body_reader,
@@ -52,7 +53,12 @@ class RestartNeeded(Exception):
 
 @dataclass(frozen=True)
 class PartFetch:
-    """Everything one request for a part needs: ``done`` bytes of it are already on disk."""
+    """Everything one request for a part needs: ``done`` bytes of it are already on disk.
+
+    ``hasher``, if given, is offered every buffer once it is written (see
+    :class:`~weightport.client.hashing.InOrderHash`); the file is on disk from
+    ``on_disk_from`` up to where this request starts.
+    """
 
     remote: RemoteFile
     identity: RemoteIdentity
@@ -60,6 +66,8 @@ class PartFetch:
     done: int
     fd: int
     epoch: int
+    hasher: InOrderHash | None
+    on_disk_from: int
 
 
 class ActiveResponses:
@@ -122,6 +130,15 @@ def fetch_part(
             filled, failure = _fill(readinto, buf[: min(len(buf), end - pos)])
             if filled:
                 _pwrite_all(job.fd, buf[:filled], pos)
+                if job.hasher is not None:
+                    # Before the bytes are recorded: until then no one reads them back.
+                    job.hasher.feed(
+                        pos,
+                        buf[:filled],
+                        fd=job.fd,
+                        on_disk_from=job.on_disk_from,
+                        name=job.remote.relpath,
+                    )
                 pos += filled
                 now_ends = record(job.part.index, job.epoch, filled)
                 if now_ends is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightport.client.errors import InsufficientSpace, IntegrityError
+from weightport.client.hashing import InOrderHash
 from weightport.client.remote import RemoteFile, RemoteIdentity
 from weightport.client.state import (
     Part,
@@ -41,6 +42,8 @@ class FileResult:
     ``verified`` is ``"sha256"`` when a digest was offered and matched, ``"size+etag"`` when
     only the size and a stable strong ETag could be checked, ``"size"`` when not even an
     ETag was sent. ``resumed_bytes`` came from an earlier run's partial file.
+    ``reread_bytes`` is how much of the file the hash read back from disk: resumed bytes,
+    and those that arrived ahead of bytes still missing; the rest was hashed as it arrived.
     """
 
     relpath: str
@@ -50,6 +53,7 @@ class FileResult:
     verified: str
     resumed_bytes: int = 0
     skipped: bool = False
+    reread_bytes: int = 0
 
 
 class Transfer:
@@ -80,6 +84,8 @@ class Transfer:
         self.retired_fds: list[int] = []
         self.parts: list[Part] = []
         self.done: list[int] = []
+        #: This epoch's digest (``None`` without an expected sha256); workers feed it too.
+        self.hasher: InOrderHash | None = None
         self.unannounced = 0  # bytes recorded since waiters were last woken
         self.resumed_bytes = 0
         self.restarts = 0
@@ -123,6 +129,7 @@ class Transfer:
             self.parts = list(resume.parts)
             self.done = list(resume.done)
             self.resumed_bytes = sum(self.done)
+            self.hasher = self._new_hasher()
             return
         self._create(part_size)
 
@@ -136,6 +143,10 @@ class Transfer:
         )
         self.done = [0] * len(self.parts)
         self.resumed_bytes = 0
+        self.hasher = self._new_hasher()
+
+    def _new_hasher(self) -> InOrderHash | None:
+        return InOrderHash() if self.expected_sha256 is not None else None
 
     def restart(self, remote: RemoteFile, identity: RemoteIdentity, part_size: int) -> None:
         """Start over in a new epoch on a new partial file (caller holds ``io_lock``)."""
@@ -223,22 +234,26 @@ class Transfer:
             return self.epoch == epoch
 
     def hash_in_order(self, epoch: int, stop: threading.Event, *, follow: bool) -> str | None:
-        """sha256 of the partial file, read back from disk in order.
+        """sha256 of the partial file in order, once every part is on disk.
 
-        With ``follow`` it hashes the prefix already on disk while the parts still arrive
-        (sha256 must see bytes in order; re-reading them from the page cache costs less than
-        holding out-of-order parts in memory); without, it waits for the whole file. ``None``
-        if stopped or the epoch ended.
+        Workers feed the digest the bytes that extend it (:class:`InOrderHash`); this reads
+        back the rest from the page cache. With ``follow`` it does so while the parts still
+        arrive, as soon as a chunk's worth lies ahead of the digest; without, only once the
+        whole file is on disk. ``None`` if stopped, the epoch ended, or nothing is expected.
         """
-        digest = hashlib.sha256()
-        buf = memoryview(bytearray(HASH_CHUNK))
-        pos = 0
-        while pos < self.size:
+        with self.lock:
+            hasher = self.hasher
+            if hasher is None or self.epoch != epoch:
+                return None
+        while True:
             with self.lock:
                 while True:
                     if stop.is_set() or self.epoch != epoch:
                         return None
+                    pos = hasher.position
                     complete = self.complete()
+                    if complete and pos >= self.size:
+                        return hasher.hexdigest()
                     limit = self.frontier() if follow or complete else pos
                     # Wake for whole chunks only: a wakeup per 1 MiB written costs more
                     # in lock traffic and context switches than the hashing saves.
@@ -246,13 +261,7 @@ class Transfer:
                         break
                     self.changed.wait(0.5)
                 fd = self.fd
-            while pos < limit:
-                n = os.preadv(fd, [buf[: min(len(buf), limit - pos)]], pos)
-                if n <= 0:
-                    raise OSError(f"{self.partial}: unexpected end of file at {pos}")
-                digest.update(buf[:n])
-                pos += n
-        return digest.hexdigest()
+            hasher.catch_up(fd, limit, name=str(self.partial))
 
     def already_in_place(self) -> FileResult | None:
         """The result for a target already on disk with the offered sha256, else ``None``.
@@ -338,6 +347,7 @@ class Transfer:
                 sha256=actual_sha256,
                 verified=verified,
                 resumed_bytes=self.resumed_bytes,
+                reread_bytes=self.hasher.read_back if self.hasher is not None else 0,
             )
             self.phase = "done"
             return True
