@@ -19,9 +19,12 @@ Every output is checked outside the timing: sizes and sampled 64 KiB windows aga
 server's bytes in every round, and a full sha256 of every contender's files in the warm-up.
 Downloads are deleted after each fetch, so the disk does not fill and every contender meets
 the same page-cache state. ``--variant 4x64M`` adds weightport with ``--connections 4
---part-size 64M`` to the same rounds (any number of them).
+--part-size 64M`` to the same rounds (any number of them); ``--baseline-src DIR`` adds the
+client of another source tree (``DIR`` first on its ``PYTHONPATH``), for before/after figures
+taken in the same rounds.
 
     .venv/bin/python -m bench.downloader [--quick] [--reps N] [--variant CONNxPART ...]
+        [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -87,9 +90,9 @@ def _weightport_cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "weightport"]
 
 
-def _run(args: list[str]) -> float:
+def _run(args: list[str], env: dict[str, str] | None = None) -> float:
     """Run a contender's command; 0.0: none of its time is the benchmark's own."""
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
     return 0.0
@@ -171,11 +174,15 @@ class Bench:
 
     # -- the contenders ----------------------------------------------------------------
 
-    def weightport(self, extra: Sequence[str] = ()) -> Callable[[Path], float]:
+    def weightport(
+        self, extra: Sequence[str] = (), src: Path | None = None
+    ) -> Callable[[Path], float]:
+        """weightport's download command; ``src``: the client of that source tree instead."""
         args = [*_weightport_cli(), "download", "model", f"admin/{MODEL}", "--quiet"]
         args += ["--base-url", self.model.base_url, "--api-key", self.model.server.admin_key]
         args += extra
-        return lambda dest: _run([*args, "-o", str(dest)])
+        env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+        return lambda dest: _run([*args, "-o", str(dest)], env)
 
     def curl(self, dest: Path) -> float:
         for relpath, url in self.model.urls.items():
@@ -267,8 +274,15 @@ def _cli_startup() -> float:
     return median(times)
 
 
+#: The contender running the client of ``--baseline-src``.
+BEFORE = "weightport before"
+
+
 def run(
-    quick: bool = False, reps: int | None = None, variants: Sequence[str] = ()
+    quick: bool = False,
+    reps: int | None = None,
+    variants: Sequence[str] = (),
+    baseline_src: Path | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON payload (rows + raw measurements)."""
     file_size = 256 * MiB if quick else GiB
@@ -294,6 +308,8 @@ def run(
             }
             for label, extra in parsed:
                 fetches[label] = bench.contender(label, bench.weightport(extra))
+            if baseline_src is not None:
+                fetches[BEFORE] = bench.contender(BEFORE, bench.weightport(src=baseline_src))
             bench.full_check = True  # warm-up: page cache, code paths, full sha256 of all
             for fetch in fetches.values():
                 fetch()
@@ -315,6 +331,7 @@ def run(
         "file_bytes": file_size,
         "reps": reps,
         "variants": list(variants),
+        "baseline_src": None if baseline_src is None else str(baseline_src),
         "seconds": time.perf_counter() - started,
         "raw": {name: samples_json(s) for name, s in samples_by.items()},
         "client_cpu_s": bench.client_cpu,
@@ -352,9 +369,11 @@ def _rows(
         Row(NAME, "weightport ÷ curl + sha256sum", paired_ratio(wp, verified_curl), "×"),
         Row(NAME, "weightport ÷ aria2c", paired_ratio(wp, data["aria2c"]), "×"),
     ]
-    for label in variants:
+    for label in [*variants, *([BEFORE] if BEFORE in data else [])]:
         rows.append(Row(NAME, label, median([x.gbps for x in data[label]]), "GB/s"))
         rows.append(Row(NAME, f"{label} ÷ curl", paired_ratio(data[label], curl), "×"))
+    if BEFORE in data:
+        rows.append(Row(NAME, f"weightport ÷ {BEFORE}", paired_ratio(wp, data[BEFORE]), "×"))
     total = wp[0].size / GB
     for name, cpu in bench.client_cpu.items():
         rows.append(Row(NAME, f"client CPU: {name}", sum(cpu) / len(cpu) / total, "core-s/GB"))
@@ -377,8 +396,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=variant_arg,
         help="also run weightport with --connections CONN --part-size PART (e.g. 4x64M)",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="a src/ folder of another weightport version, its client run in the same rounds",
+    )
     args = parser.parse_args(argv)
-    payload = run(quick=args.quick, reps=args.reps, variants=args.variant)
+    payload = run(args.quick, args.reps, args.variant, args.baseline_src)
     path = write_results(NAME, payload)
     print(markdown_table([Row(**r) for r in payload["rows"]]))
     print(f"\n({payload['seconds']:.0f} s; results in {path})")

@@ -20,7 +20,10 @@ run through a second, *unthrottled* emulator (no delay, no cap) and straight to 
 the first is the proxy's ceiling, which has to stay above every throttled figure, and the
 second shows what the proxy itself costs.
 
+``--variant`` and ``--baseline-src`` add contenders to the same rounds, as in ``bench.downloader``.
+
     .venv/bin/python -m bench.downloader_link [--quick] [--reps N] [--rtt-ms 40] [--rate 25M]
+        [--variant CONNxPART ...] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -49,6 +53,7 @@ from bench.common import (
     write_results,
 )
 from bench.downloader import (
+    BEFORE,
     MODEL,
     Bench,
     Model,
@@ -80,7 +85,9 @@ def _through(model: Model, link: LinkEmulator) -> Model:
     return replace(model, base_url=link.base_url, urls=urls)
 
 
-def _fetches(bench: Bench, variants: Sequence[str]) -> dict[str, Callable[[], tuple[int, float]]]:
+def _fetches(
+    bench: Bench, variants: Sequence[str], baseline_src: Path | None
+) -> dict[str, Callable[[], tuple[int, float]]]:
     methods: dict[str, Callable[[Any], float]] = {
         "weightport": bench.weightport(),
         "curl": bench.curl,
@@ -91,6 +98,8 @@ def _fetches(bench: Bench, variants: Sequence[str]) -> dict[str, Callable[[], tu
     for text in variants:
         label, extra = parse_variant(text)
         fetches[label] = bench.contender(label, bench.weightport(extra))
+    if baseline_src is not None:
+        fetches[BEFORE] = bench.contender(BEFORE, bench.weightport(src=baseline_src))
     return fetches
 
 
@@ -107,6 +116,7 @@ def run(
     reps: int | None = None,
     profile: LinkProfile | None = None,
     variants: Sequence[str] = (),
+    baseline_src: Path | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON payload (rows + raw measurements)."""
     profile = profile or LinkProfile(rtt=0.040, rate=25e6)
@@ -131,7 +141,7 @@ def run(
                 LinkEmulator(server.port, open_path, log) as unthrottled,
             ):
                 bench = Bench(_through(model, link), tmp)
-                fetches = _fetches(bench, variants)
+                fetches = _fetches(bench, variants, baseline_src)
                 bench.full_check = True  # warm-up: page cache, code paths, full sha256 of all
                 for fetch in fetches.values():
                     fetch()
@@ -160,6 +170,7 @@ def run(
         "file_bytes": file_size,
         "reps": reps,
         "variants": list(variants),
+        "baseline_src": None if baseline_src is None else str(baseline_src),
         "seconds": time.perf_counter() - started,
         "raw": {name: samples_json(s) for name, s in linked.items()},
         "raw_unthrottled": {name: samples_json(s) for name, s in ceiling.items()},
@@ -236,9 +247,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=variant_arg,
         help="also run weightport with --connections CONN --part-size PART (e.g. 32x16M)",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="a src/ folder of another weightport version, its client run in the same rounds",
+    )
     args = parser.parse_args(argv)
     profile = LinkProfile(rtt=args.rtt_ms / 1000, rate=args.rate)
-    payload = run(quick=args.quick, reps=args.reps, profile=profile, variants=args.variant)
+    payload = run(args.quick, args.reps, profile, args.variant, args.baseline_src)
     path = write_results(NAME, payload)
     print(markdown_table([Row(**r) for r in payload["rows"]]))
     print(f"\n({payload['seconds']:.0f} s; results in {path})")
