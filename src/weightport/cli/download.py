@@ -73,7 +73,7 @@ def common_options(fn: F) -> F:
             "--connections",
             default="auto",
             show_default=True,
-            help="Parallel connections (1-256); auto: 8 to a near server, 32 to one 10 ms "
+            help="Parallel connections (1-256); auto: 4 to a near server, 32 to one 10 ms "
             "or more away.",
         ),
     ]

@@ -10,7 +10,7 @@ MiB = 1 << 20
 
 
 #: Automatic connection counts: near servers (loopback, a LAN) and far ones.
-NEAR_CONNECTIONS = 8
+NEAR_CONNECTIONS = 4
 FAR_CONNECTIONS = 32
 #: A server whose quickest probe took at least this long (seconds) counts as far.
 FAR_RTT = 0.010
@@ -33,9 +33,13 @@ class Tuning:
 class DownloadOptions:
     """Tuning knobs; the defaults (``None``: automatic) suit multi-GB weights on any link.
 
-    Connections (``bench/downloader.py``, ``bench/downloader_link.py``, BENCHMARKS.md): on
-    loopback, where one 2-core machine also runs the server, 2 to 16 connections traded
-    places within the noise, so a near server gets 8. On a long path every connection is
+    Connections (``bench/downloader.py``, ``bench/downloader_link.py``, BENCHMARKS.md): a
+    near server (loopback, a LAN) does not cap a connection, so more of them only cost CPU:
+    every stream after the first in one file arrives ahead of the digest and is read back
+    for the hash, and concurrent writers to one file contend for its lock. On loopback, where
+    one 2-core machine also runs the server, 4 connections for a four-file model took about a
+    third less client CPU per GB than 8, and 2 did as well as 4; a near server gets 4, so a
+    model of one large file still spreads over both cores. On a long path every connection is
     held back by its TCP window and by per-connection limits of object stores and CDNs, so
     throughput is connections × the per-connection rate: a server whose quickest probe
     takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as many). Through
