@@ -80,9 +80,9 @@ for url, filename in zip(args[::2], args[1::2]):
 """
 
 
-def _children_cpu() -> float:
+def _children_cpu(*, user_only: bool = False) -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + (0.0 if user_only else usage.ru_stime)
 
 
 def _weightport_cli() -> list[str]:
@@ -125,8 +125,11 @@ class Bench:
     model: Model
     work: Path
     client_cpu: dict[str, list[float]] = field(default_factory=dict)
+    #: User time alone: the kernel's share (page-cache writes above all) is the noisy part.
+    client_user: dict[str, list[float]] = field(default_factory=dict)
     sha_seconds: list[float] = field(default_factory=list)
     sha_cpu: list[float] = field(default_factory=list)
+    sha_user: list[float] = field(default_factory=list)
     full_check: bool = False
 
     def contender(
@@ -142,12 +145,14 @@ class Bench:
             dest = self.work / "out"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir()
-            cpu = _children_cpu()
+            cpu, user = _children_cpu(), _children_cpu(user_only=True)
             began = time.perf_counter()
             excluded = fetch(dest)
             seconds = time.perf_counter() - began - excluded
             cpu = _children_cpu() - cpu - (self.sha_cpu[-1] if excluded else 0.0)
+            user = _children_cpu(user_only=True) - user - (self.sha_user[-1] if excluded else 0.0)
             self.client_cpu.setdefault(name, []).append(cpu)
+            self.client_user.setdefault(name, []).append(user)
             try:
                 self.check(name, dest)
             finally:
@@ -189,11 +194,12 @@ class Bench:
             _run(["curl", "-s", "-S", "-o", str(dest / relpath), url])
         # The verified reference: hash what curl wrote (timed apart, reported as a sum).
         paths = [str(dest / relpath) for relpath in self.model.urls]
-        cpu = _children_cpu()
+        cpu, user = _children_cpu(), _children_cpu(user_only=True)
         began = time.perf_counter()
         done = subprocess.run(["sha256sum", *paths], capture_output=True, text=True, check=True)
         self.sha_seconds.append(time.perf_counter() - began)
         self.sha_cpu.append(_children_cpu() - cpu)
+        self.sha_user.append(_children_cpu(user_only=True) - user)
         digests = {}  # path -> sha256 ("DIGEST  PATH" per line)
         for line in done.stdout.splitlines():
             digest, path = line.split(maxsplit=1)
@@ -315,6 +321,7 @@ def run(
                 fetch()
             bench.full_check = False
             bench.client_cpu.clear()
+            bench.client_user.clear()
             bench.sha_seconds.clear()
             bench.sha_cpu.clear()
             samples_by = interleaved(reps, {k: (server.pid, f) for k, f in fetches.items()})
@@ -335,6 +342,7 @@ def run(
         "seconds": time.perf_counter() - started,
         "raw": {name: samples_json(s) for name, s in samples_by.items()},
         "client_cpu_s": bench.client_cpu,
+        "client_user_s": bench.client_user,
         "sha256sum_seconds": bench.sha_seconds,
         "cli_startup_s": startup,
         "rows": rows_json(rows),
@@ -377,6 +385,8 @@ def _rows(
     total = wp[0].size / GB
     for name, cpu in bench.client_cpu.items():
         rows.append(Row(NAME, f"client CPU: {name}", sum(cpu) / len(cpu) / total, "core-s/GB"))
+    for name, user in bench.client_user.items():
+        rows.append(Row(NAME, f"… of it user: {name}", sum(user) / len(user) / total, "core-s/GB"))
     rows.append(
         Row(NAME, "sha256sum alone", median([total / s for s in bench.sha_seconds]), "GB/s")
     )

@@ -37,15 +37,15 @@ class DownloadOptions:
     near server (loopback, a LAN) does not cap a connection, so more of them only cost CPU:
     every stream after the first in one file arrives ahead of the digest and is read back
     for the hash, and concurrent writers to one file contend for its lock. On loopback, where
-    one 2-core machine also runs the server, 4 connections for a four-file model took about a
-    third less client CPU per GB than 8, and 2 did as well as 4; a near server gets 4, so a
-    model of one large file still spreads over both cores. On a long path every connection is
-    held back by its TCP window and by per-connection limits of object stores and CDNs, so
-    throughput is connections × the per-connection rate: a server whose quickest probe
-    takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as many). Through
-    an emulated 40 ms, 25 MB/s-per-connection path, 32 connections carried 223 MB/s where 8
-    carried 121 (``bench/downloader_link.py``). On a loaded machine even a loopback probe
-    can take 10 ms; 32 connections there measured no worse than 8.
+    one 2-core machine also runs the server, 4 connections for a four-file model took 13-33 %
+    less client CPU per GB than 8 (three interleaved runs), and 2 did as well as 4; a near
+    server gets 4, so a model of one large file still spreads over both cores. On a long path
+    every connection is held back by its TCP window and by per-connection limits of object
+    stores and CDNs, so throughput is connections × the per-connection rate: a server whose
+    quickest probe takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as
+    many). Through an emulated 40 ms, 25 MB/s-per-connection path, 32 connections carried
+    223 MB/s where 8 carried 121 (``bench/downloader_link.py``). On a loaded machine even a
+    loopback probe can take 10 ms; 32 connections there measured no worse than 8.
 
     Parts: about two per connection for the whole download, within 8-64 MiB. Fewer, larger
     requests waste fewer round trips; two rounds let the in-order hash follow the first
