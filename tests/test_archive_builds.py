@@ -187,7 +187,7 @@ def test_a_builder_that_lost_its_claim_learns_it_at_its_next_renewal(builds: Fix
 
 def test_a_long_build_keeps_its_claim_by_renewing_its_lease(builds: Fixture) -> None:
     # Random bytes at level 19 take seconds to compress: several times the lease.
-    ft_id = full_fine_tune_with_noise(builds.catalog, builds.store, 16 << 20)
+    ft_id = full_fine_tune_with_noise(builds.catalog, builds.store, 32 << 20)
     job = builds.catalog.call(lambda s: s.get(FineTune, ft_id))
     assert job is not None
     builds.plan = PlanCache().get(
