@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -256,6 +257,10 @@ class Emulator:
         self.by_fd: dict[int, Connection] = {}
         self.connections: set[Connection] = set()
         self.running = True
+        # stop() may come from another thread just as serve() ends and closes the wake pipe:
+        # the lock orders the two (re-entrant, for stop() from a signal handler on serve's thread).
+        self._closing = threading.RLock()
+        self._closed = False
         self.moved = 0
 
     def _accept(self) -> None:
@@ -336,14 +341,18 @@ class Emulator:
             self._drop(conn)
         self.listener.close()
         self.epoll.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        with self._closing:
+            self._closed = True
+            os.close(self.wake_r)
+            os.close(self.wake_w)
 
     def stop(self, *_: object) -> None:
         """End :meth:`serve` (from a signal handler or another thread)."""
-        self.running = False
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.wake_w, b"x")
+        with self._closing:
+            self.running = False
+            if not self._closed:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.wake_w, b"x")
 
 
 def parse_rate(text: str) -> float:
