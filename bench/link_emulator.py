@@ -54,6 +54,8 @@ MIN_CHUNK = 64 * 1024
 #: Wakeups this close together are merged (epoll's resolution is 1 ms anyway).
 SLACK = 0.0005
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: Longest poll while connections are open (seconds).
+TICK = 0.05
 _EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMG]?)$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
@@ -158,7 +160,8 @@ class Lane:
             except BlockingIOError:
                 # Either the socket is drained or the pipe has no free slots left.
                 self.readable = _has_data(self.src_sock)
-                self.pipe_full = self.readable
+                # Full only if the pipe holds bytes: an empty one is retried on the next tick.
+                self.pipe_full = self.readable and self.in_pipe > 0
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ECONNRESET, errno.EPIPE):
@@ -309,6 +312,10 @@ class Emulator:
         while self.running:
             now = time.monotonic()
             timeout = None if due is None else max(0.0, due - now)
+            if self.connections:
+                # A tick while connections are open: a wake-up lost between an edge-triggered
+                # event and a splice that answered EAGAIN costs 50 ms, not a stalled transfer.
+                timeout = TICK if timeout is None else min(timeout, TICK)
             try:
                 events = self.epoll.poll(timeout)
             except InterruptedError:
