@@ -12,19 +12,9 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from weightport.cli.errors import reports_failures
 from weightport.cli.options import client_options
@@ -42,6 +32,9 @@ from weightport.client import (
     parse_model_name,
     resolve_api,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +79,18 @@ class RichProgress:
     """Progress sink: one overall bar plus one bar per file in flight, on stderr."""
 
     def __init__(self) -> None:
+        # Imported here: rich takes ~35 ms to import, a sizeable share of a scripted
+        # `--quiet`/`--json` download that never shows a bar (BENCHMARKS.md, downloader_link).
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
