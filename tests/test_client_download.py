@@ -40,6 +40,7 @@ from weightport.client import (
     NotFound,
     ProgressSink,
     ProgressSnapshot,
+    RemoteChanged,
     RemoteFile,
     SignedUrlRejected,
     TogetherCheckpoint,
@@ -68,7 +69,7 @@ class Switches:
     fail_503: int = 0  # answer this many file requests with 503
     throttle: float | None = None  # seconds to sleep per 16 KiB written
     hold_after: int | None = None  # once this many body bytes are served, stall until None
-    latency: float = 0.0  # seconds every file request waits before it is answered
+    latency: float = 0.0  # seconds every request (listing, file) waits before it is answered
     replace_after: int | None = None  # after this many file requests, replace ...
     replacement: tuple[str, bytes] | None = None  # ... this file with these bytes
 
@@ -166,6 +167,8 @@ class FakeApi:
             return web.json_response(
                 {"code": 5, "message": f'model "{model}" not found', "details": []}, status=404
             )
+        if self.switches.latency:
+            await asyncio.sleep(self.switches.latency)
         self.stats.listings += 1
         token = f"t{self.stats.listings}"
         self.tokens[token] = 0
@@ -353,7 +356,8 @@ def test_model_download_multi_file_verified_by_sha256(api: FakeApi, tmp_path: Pa
     requests = api.stats.file_requests
     again = download(_source(api), tmp_path / "out", SMALL)
     assert all(f.skipped for f in again.files if f.size) and again.downloaded_bytes == 0
-    assert api.stats.file_requests - requests == len(contents)  # the one-byte probes only
+    # The listing's sizes and digests identify the files: not even a probe is sent.
+    assert api.stats.file_requests == requests
 
 
 def test_hashing_after_download_gives_the_same_result(api: FakeApi, tmp_path: Path) -> None:
@@ -478,12 +482,74 @@ def test_a_far_server_gets_more_connections(api: FakeApi, tmp_path: Path) -> Non
     # (The near case is left to test_client_units: on a loaded machine even a loopback
     # probe can take 10 ms.)
     contents = _populate(api)
-    api.switches.latency = 0.02  # every file request waits: a long round trip
+    api.switches.latency = 0.02  # every request waits: a long round trip
     result = download(_source(api), tmp_path / "out", DownloadOptions(buffer_size=16 * KiB))
     _assert_tree(tmp_path / "out", contents)
     assert result.tuning.rtt >= 0.02
     assert result.tuning.connections == FAR_CONNECTIONS
     assert result.tuning.part_size == MIN_AUTO_PART  # a small model: the smallest parts
+
+
+def _probes(api: FakeApi) -> list[str]:
+    """The files that were sent a one-byte probe."""
+    return [served for served, header in api.stats.ranges if header == "bytes=0-0"]
+
+
+def test_a_listing_with_sizes_and_digests_needs_no_probe(api: FakeApi, tmp_path: Path) -> None:
+    contents = _populate(api)
+    result = download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert {f.verified for f in result.files} == {"sha256"}
+    assert _probes(api) == []
+    # Every part request after a file's first answer carries the ETag that answer gave.
+    assert api.stats.file_requests > len(contents)
+
+
+def test_files_served_by_another_server_are_probed(api: FakeApi, tmp_path: Path) -> None:
+    class Elsewhere(FireworksModel):
+        @property
+        def origin(self) -> str:
+            return "http://listing.invalid"  # the listing's round trip says nothing here
+
+    contents = _populate(api)
+    source = Elsewhere(HttpSession(), ApiConfig(api.base_url, KEY), ACCOUNT, MODEL)
+    download(source, tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert sorted(_probes(api)) == sorted(Path(name).name for name in contents)
+
+
+def test_a_resume_probes_before_it_continues(api: FakeApi, tmp_path: Path) -> None:
+    contents = _interrupted_download(api, tmp_path / "out")
+    assert _probes(api) == []
+    result = download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert sum(f.resumed_bytes for f in result.files) > 0
+    assert sorted(_probes(api)) == sorted(Path(name).name for name in contents)
+
+
+def test_a_listed_size_the_server_does_not_have_is_refused(api: FakeApi, tmp_path: Path) -> None:
+    class Wrong(FireworksModel):
+        def list_files(self):  # type: ignore[no-untyped-def]
+            return [replace(f, size=f.size + 1) for f in super().list_files() if f.size]
+
+    _populate(api)
+    source = Wrong(HttpSession(), ApiConfig(api.base_url, KEY), ACCOUNT, MODEL)
+    with pytest.raises(RemoteChanged, match="the listing says"):
+        download(source, tmp_path / "out", SMALL)
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_file_changed_in_place_mid_download_starts_over(api: FakeApi, tmp_path: Path) -> None:
+    # Same size, other bytes: only the ETag tells (adopted from the file's first answer).
+    contents = _populate(api)
+    name = "model-00001-of-00002.safetensors"
+    contents[name] = os.urandom(len(contents[name]))
+    api.switches.replacement = (name, contents[name])
+    api.switches.replace_after = 6  # once its first part (the 2nd request) was answered
+    api.switches.throttle = 0.0005
+    download(_source(api), tmp_path / "out", SMALL)
+    _assert_tree(tmp_path / "out", contents)
+    assert api.stats.listings == 2  # the restart listed the model again
 
 
 def test_bytes_lost_in_a_crash_are_caught_and_fetched_again(api: FakeApi, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import urllib3
 from urllib3.exceptions import HTTPError
@@ -38,9 +39,18 @@ from weightport.client.http import (
 from weightport.client.remote import RemoteFile, RemoteIdentity
 from weightport.client.state import Part
 
-#: ``record(part_index, epoch, nbytes)``: count written bytes; returns where the part ends
-#: now (it moves down when the part is split), or ``None``: stop this part.
-Recorder = Callable[[int, int, int], int | None]
+
+class PartSink(Protocol):
+    """Where a fetch reports to: the file's :class:`~weightport.client.transfer.Transfer`."""
+
+    def record(self, part: int, epoch: int, nbytes: int) -> int | None:
+        """Count written bytes; where the part ends now (a split moves it down), or ``None``:
+        stop this part."""
+        ...
+
+    def confirm_etag(self, epoch: int, etag: str | None) -> bool:
+        """Whether an answer's ETag belongs with the bytes on disk (adopted if none known)."""
+        ...
 
 
 class RestartNeeded(Exception):
@@ -99,7 +109,7 @@ def fetch_part(
     session: HttpSession,
     job: PartFetch,
     buf: memoryview,
-    record: Recorder,
+    sink: PartSink,
     stop: threading.Event,
     active: ActiveResponses,
 ) -> None:
@@ -122,6 +132,10 @@ def fetch_part(
     complete = False
     try:
         answered = end = _expected_end(resp, job, start, end)
+        if not job.identity.confirmed:
+            etag = strong_etag(resp.headers.get("ETag"))
+            if not sink.confirm_etag(job.epoch, etag):
+                raise RestartNeeded(f"its ETag changed to {etag}")
         readinto = body_reader(resp)
         pos = start
         while pos < end:
@@ -140,7 +154,7 @@ def fetch_part(
                         name=job.remote.relpath,
                     )
                 pos += filled
-                now_ends = record(job.part.index, job.epoch, filled)
+                now_ends = sink.record(job.part.index, job.epoch, filled)
                 if now_ends is None:
                     return
                 end = min(end, now_ends)

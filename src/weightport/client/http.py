@@ -158,7 +158,7 @@ class HttpSession:
                 return json.loads(resp.data.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise ServerError(
-                    f"{_origin(url)} answered with invalid JSON", status=resp.status
+                    f"{origin(url)} answered with invalid JSON", status=resp.status
                 ) from exc
 
     def open_body(
@@ -175,7 +175,7 @@ class HttpSession:
                 "GET", url, headers=dict(headers), preload_content=False, decode_content=False
             )
         except HTTPError as exc:
-            raise ConnectionFailed(f"{_origin(url)}: {_reason(exc)}") from exc
+            raise ConnectionFailed(f"{origin(url)}: {_reason(exc)}") from exc
 
     def close(self) -> None:
         """Close every pooled connection."""
@@ -226,10 +226,11 @@ def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 10.0) -> floa
 
 def unreachable(url: str, exc: BaseException) -> TransferError:
     """The one-line error for a request that got no answer: ``cannot reach ORIGIN: reason``."""
-    return TransferError(f"cannot reach {_origin(url)}: {_reason(exc)}")
+    return TransferError(f"cannot reach {origin(url)}: {_reason(exc)}")
 
 
-def _origin(url: str) -> str:
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: which server a request goes to."""
     parsed = urllib3.util.parse_url(url)
     return f"{parsed.scheme}://{parsed.netloc}"
 

@@ -45,13 +45,19 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class RemoteIdentity:
-    """What the server says about a file: size, strong ETag, Range support, name, digest."""
+    """What the server says about a file: size, strong ETag, Range support, name, digest.
+
+    ``confirmed`` is ``False`` for an identity taken from the listing alone
+    (:func:`listed_identity`): the server has not answered for the file yet, so its ETag is
+    unknown and the first answer supplies it.
+    """
 
     size: int
     etag: str | None
     ranges: bool
     filename: str | None = None
     sha256: str | None = None
+    confirmed: bool = True
 
 
 def normalize_sha256(value: object) -> str | None:
@@ -91,6 +97,18 @@ def safe_target(root: Path, relpath: str) -> Path:
     if real_parent != base and base not in real_parent.parents:
         raise UnsafePath(f"remote file {relpath!r} would be written outside {root}")
     return target
+
+
+def listed_identity(remote: RemoteFile) -> RemoteIdentity | None:
+    """The identity the listing promises, when it names both size and sha256; else ``None``.
+
+    Such a file needs no probe before its parts are requested: the size plans the parts,
+    the digest verifies every byte at the end, and the first ranged answer confirms the
+    size (its ``Content-Range``), Range support and the ETag (:meth:`Transfer.confirm_etag`).
+    """
+    if remote.size is None or remote.sha256 is None:
+        return None
+    return RemoteIdentity(size=remote.size, etag=None, ranges=True, confirmed=False)
 
 
 def probe(session: HttpSession, remote: RemoteFile) -> RemoteIdentity:

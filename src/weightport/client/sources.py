@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from weightport.client.errors import ConfigurationError, ServerError
-from weightport.client.http import HttpSession
+from weightport.client.http import HttpSession, origin
 from weightport.client.remote import RemoteFile, normalize_sha256, probe
 
 Service = Literal["fireworks", "together"]
@@ -119,6 +119,11 @@ class FireworksModel:
     @property
     def name(self) -> str:
         return f"accounts/{self.account}/models/{self.model}"
+
+    @property
+    def origin(self) -> str:
+        """The server the listing comes from (``scheme://host[:port]``)."""
+        return origin(self.api.base_url)
 
     @property
     def endpoint(self) -> str:

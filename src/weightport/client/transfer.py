@@ -14,7 +14,7 @@ import errno
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from weightport.client.errors import InsufficientSpace, IntegrityError
@@ -159,6 +159,20 @@ class Transfer:
             self._create(part_size)
             self.phase = "downloading"
             self.changed.notify_all()
+
+    def confirm_etag(self, epoch: int, etag: str | None) -> bool:
+        """Check an answer's ETag against the file's; ``False``: the server's bytes changed.
+
+        An identity taken from the listing (not yet ``confirmed``) adopts the first answer's
+        ETag; every later answer must carry the same one, as after a probe.
+        """
+        with self.lock:
+            if epoch != self.epoch:
+                return True  # a stale answer: record() refuses its bytes anyway
+            if not self.identity.confirmed:
+                self.identity = replace(self.identity, etag=etag, confirmed=True)
+                return True
+            return self.identity.etag is None or self.identity.etag == etag
 
     def update_remote(self, remote: RemoteFile) -> None:
         """Use a freshly signed URL for the parts still to fetch."""
