@@ -2,7 +2,7 @@
 
 Threads, and why:
 
-- *workers* (``connections`` of them, chosen from the probes' round-trip time unless set:
+- *workers* (``connections`` of them, chosen from the path's round-trip time unless set:
   see :class:`~weightport.client.options.DownloadOptions`) take parts from one priority
   queue and stream each part with ``readinto`` into a buffer they reuse, ``os.pwrite``-ing
   it at its offset in the preallocated partial file. The queue hands out files in groups
@@ -104,7 +104,7 @@ class ListedFrom(Protocol):
 class DownloadResult:
     """Every file (listing order), bytes fetched over the network this run, and wall time.
 
-    ``tuning`` is what the run settled on: connections, part size, the probes' round trip.
+    ``tuning`` is what the run settled on: connections, part size, the path's round trip.
     """
 
     files: tuple[FileResult, ...]

@@ -44,8 +44,10 @@ class PartSink(Protocol):
     """Where a fetch reports to: the file's :class:`~weightport.client.transfer.Transfer`."""
 
     def record(self, part: int, epoch: int, nbytes: int) -> int | None:
-        """Count written bytes; where the part ends now (a split moves it down), or ``None``:
-        stop this part."""
+        """Count ``nbytes`` written; where the part ends now (a split moves it down).
+
+        ``None``: stop this part (the file started over).
+        """
         ...
 
     def confirm_etag(self, epoch: int, etag: str | None) -> bool:

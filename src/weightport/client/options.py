@@ -12,7 +12,8 @@ MiB = 1 << 20
 #: Automatic connection counts: near servers (loopback, a LAN) and far ones.
 NEAR_CONNECTIONS = 4
 FAR_CONNECTIONS = 32
-#: A server whose quickest probe took at least this long (seconds) counts as far.
+#: A server whose round trip (a probe's, or the listing's) took at least this long (seconds)
+#: counts as far.
 FAR_RTT = 0.010
 #: Automatic part sizes stay within these bounds.
 MIN_AUTO_PART = 8 * MiB
@@ -21,11 +22,12 @@ MAX_AUTO_PART = 64 * MiB
 
 @dataclass(frozen=True)
 class Tuning:
-    """What a download settles on once the server has answered its probes."""
+    """What a download settles on once the server has answered its listing (or probes)."""
 
     connections: int
     part_size: int
-    #: The quickest probe's round trip, seconds (one request, connection set-up included).
+    #: The path's round trip, seconds: the quickest probe's, or the listing's when the files
+    #: needed no probe (one request, connection set-up included).
     rtt: float
 
 
@@ -42,7 +44,7 @@ class DownloadOptions:
     server gets 4, so a model of one large file still spreads over both cores. On a long path
     every connection is held back by its TCP window and by per-connection limits of object
     stores and CDNs, so throughput is connections × the per-connection rate: a server whose
-    quickest probe takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as
+    round trip takes :data:`FAR_RTT` or more gets 32 (aria2c -x8 on four files opens as
     many). Through an emulated 40 ms, 25 MB/s-per-connection path, 32 connections carried
     223 MB/s where 8 carried 121 (``bench/downloader_link.py``). On a loaded machine even a
     loopback probe can take 10 ms; 32 connections there measured no worse than 8.
@@ -54,7 +56,7 @@ class DownloadOptions:
     connections finish together instead of waiting for one straggler.
     """
 
-    #: Concurrent connections (and worker threads); ``None``: chosen from the probes' RTT.
+    #: Concurrent connections (and worker threads); ``None``: chosen from the path's RTT.
     connections: int | None = None
     #: Bytes per ranged request (a resume continues inside a part, from its last byte);
     #: ``None``: chosen from the download's size and the connections.
