@@ -75,6 +75,59 @@ def test_keys_are_stored_hashed_and_revocable(catalog: Catalog) -> None:
         catalog.call(lambda s: accounts.authenticate(s, issued.secret))
 
 
+def test_a_download_listing_checks_the_key_in_its_one_statement(catalog: Catalog) -> None:
+    def seed(session: Session) -> None:
+        accounts.create_account(session, "other")
+        for model_id, sizes in (("m", {"b.bin": 2, "a.json": 1}), ("pending", {"x": 1})):
+            registry.create_model(session, "acct", model_id, {})
+            for f in uploads.declare_files(session, "acct", model_id, sizes):
+                if model_id == "m":
+                    digest = f.path[0] * 64
+                    uploads.land_file(
+                        session, "acct", model_id, f.path, f.generation, digest, f.declared_size
+                    )
+        uploads.mark_ready(session, "acct", "m")
+
+    catalog.call(seed)
+    ours = catalog.call(lambda s: accounts.create_key(s, "acct"))
+    theirs = catalog.call(lambda s: accounts.create_key(s, "other"))
+
+    def listing(
+        secret: str, model_id: str = "m"
+    ) -> tuple[accounts.Caller, registry.DownloadableModel]:
+        return catalog.call(
+            lambda s: registry.get_downloadable_as(s, secret, "acct", model_id), readonly=True
+        )
+
+    caller, model = listing(ours.secret)
+    assert caller == accounts.Caller("acct", ours.id)
+    assert (model.paths, model.sizes, model.sha256s) == (
+        ("a.json", "b.bin"),
+        (1, 2),
+        ("a" * 64, "b" * 64),
+    )
+    assert model == catalog.call(lambda s: registry.get_downloadable(s, "acct", "m"))
+    assert model.file("b.bin") == registry.DownloadableFile("b.bin", 2, "b" * 64)
+    assert model.file("c") is None
+    # A bad key is refused before anything about the model is told, even a malformed id.
+    for bad in ("", "wp_nope_nope", "wp_\u00e9", theirs.secret + "x"):
+        for model_id in ("m", "missing", "../m"):
+            with pytest.raises(Unauthenticated):
+                listing(bad, model_id)
+    # Another account's key finds every model of this account missing, existing or not.
+    for model_id in ("m", "missing"):
+        with pytest.raises(NotFound, match="not found"):
+            listing(theirs.secret, model_id)
+    for model_id in ("missing", "../m"):
+        with pytest.raises(NotFound, match="not found"):
+            listing(ours.secret, model_id)
+    with pytest.raises(FailedPrecondition, match="validateUpload"):
+        listing(ours.secret, "pending")
+    catalog.call(lambda s: accounts.revoke_key(s, ours.id))
+    with pytest.raises(Unauthenticated):
+        listing(ours.secret)
+
+
 def test_pages_filters_and_order(catalog: Catalog) -> None:
     def seed(session: Session) -> None:
         for i in range(5):

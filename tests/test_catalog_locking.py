@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
@@ -123,6 +124,71 @@ def test_values_postgresql_cannot_hold_get_the_same_answer_on_every_engine(
                 s, "acct", base_model_id="base", training_type="Full", model_output_name="a" * 513
             )
         )
+
+
+def _backend_pid(session: Session) -> int:
+    return int(session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar() or 0)
+
+
+def _drop_connections(postgres: PostgresCluster, database: str) -> None:
+    """Terminate every session of ``database``, waiting until each is gone (a restart)."""
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        )
+
+
+def test_connections_the_database_dropped_are_replaced_without_failing_a_call(
+    postgres: PostgresCluster,
+) -> None:
+    url = postgres.create_database()
+    database = url.rsplit("/", 1)[1]
+    catalog = Catalog.open(url)
+    try:
+        # Several pooled connections, as a busy server holds.
+        with ThreadPoolExecutor(4) as pool:
+            pids = set(pool.map(lambda _: catalog.call(_slow_pid, readonly=True), range(4)))
+        assert len(pids) > 1
+        _drop_connections(postgres, database)
+        assert catalog.call(_backend_pid, readonly=True) not in pids
+        _drop_connections(postgres, database)
+
+        # A write drawing a dead connection is run again too: nothing of it had reached the
+        # database, so it happens exactly once.
+        def create(session: Session) -> None:
+            accounts.create_account(session, "after-restart")
+            accounts.create_key(session, "after-restart")
+
+        catalog.call(create)
+        assert len(catalog.call(lambda s: accounts.list_keys(s, "after-restart"))) == 1
+    finally:
+        catalog.close()
+
+
+def _slow_pid(session: Session) -> int:
+    session.connection().exec_driver_sql("SELECT pg_sleep(0.2)")
+    return _backend_pid(session)
+
+
+def test_postgresql_reads_take_no_transaction_and_writes_one(postgres: PostgresCluster) -> None:
+    catalog = Catalog.open(postgres.create_database())
+    try:
+
+        def two_clocks(session: Session) -> tuple[Any, Any]:
+            conn = session.connection()
+            first = conn.exec_driver_sql("SELECT now()").scalar()
+            conn.exec_driver_sql("SELECT pg_sleep(0.01)")
+            return first, conn.exec_driver_sql("SELECT now()").scalar()
+
+        # now() is the start of the statement's transaction.
+        first, second = catalog.call(two_clocks, readonly=True)
+        assert second > first
+        first, second = catalog.call(two_clocks)
+        assert second == first
+    finally:
+        catalog.close()
 
 
 def test_an_unreachable_database_is_503_not_a_traceback(postgres: PostgresCluster) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -93,29 +95,37 @@ def create_key(session: Session, account_id: str, name: str = "") -> IssuedKey:
     return IssuedKey(id=key_id, account_id=account_id, secret=secret)
 
 
+#: What a key lookup reads, in this order (:func:`caller_from` takes such a row).
+KEY_COLUMNS = (ApiKey.id, ApiKey.account_id, ApiKey.revoked_at)
 # Built once: every authenticated call runs it, and building costs more than running it.
-_KEY_BY_DIGEST = select(ApiKey.id, ApiKey.account_id, ApiKey.revoked_at).where(
-    ApiKey.secret_sha256 == bindparam("digest")
-)
+_KEY_BY_DIGEST = select(*KEY_COLUMNS).where(ApiKey.secret_sha256 == bindparam("digest"))
 _KEY_REVOKED_AT = select(ApiKey.revoked_at).where(ApiKey.id == bindparam("id"))
 
 
-def authenticate(session: Session, secret: str) -> Caller:
-    """The account and key id a presented key belongs to; :class:`Unauthenticated` otherwise.
-
-    The lookup is by sha256 of the presented secret, so timing reveals nothing about
-    stored keys.
-    """
+def presented_digest(secret: str) -> str:
+    """What the catalog looks a presented key up by (its sha256, so timing reveals nothing
+    about stored keys); :class:`Unauthenticated` for a key that cannot be one."""
     if not secret:
         raise Unauthenticated("missing API key: send Authorization: Bearer <key>")
     if not secret.isascii():
         # Keys are ASCII; other bytes in the header cannot match one (and cannot be hashed
         # as text when they arrive undecodable).
         raise InvalidCredentials("the API key you provided is invalid or revoked")
-    key = session.connection().execute(_KEY_BY_DIGEST, {"digest": _digest(secret)}).first()
-    if key is None or key.revoked_at is not None:
+    return _digest(secret)
+
+
+def caller_from(key: Sequence[Any] | None) -> Caller:
+    """The caller of a looked-up key (a row of :data:`KEY_COLUMNS`, ``None`` if none
+    matched); :class:`InvalidCredentials` if there is none or it is revoked."""
+    if key is None or key[2] is not None:
         raise InvalidCredentials("the API key you provided is invalid or revoked")
-    return Caller(account_id=key.account_id, key_id=key.id)
+    return Caller(account_id=key[1], key_id=key[0])
+
+
+def authenticate(session: Session, secret: str) -> Caller:
+    """The account and key id a presented key belongs to; :class:`Unauthenticated` otherwise."""
+    digest = presented_digest(secret)
+    return caller_from(session.connection().execute(_KEY_BY_DIGEST, {"digest": digest}).first())
 
 
 def key_is_active(session: Session, key_id: str) -> bool:

@@ -7,12 +7,21 @@ starts with ``BEGIN IMMEDIATE``, taking the database's single write lock up fron
 transaction that read before another process committed could not write at all: SQLite answers
 ``SQLITE_BUSY_SNAPSHOT`` at once instead of waiting). A *read-only* transaction starts with a
 plain ``BEGIN``: in WAL mode it reads one consistent snapshot and never waits for writers, so
-the hot read paths of N worker processes never queue behind each other.
+the hot read paths of N worker processes never queue behind each other. On PostgreSQL a
+read-only transaction is no transaction at all (autocommit): the catalog runs at PostgreSQL's
+default READ COMMITTED, where every statement takes its own snapshot even inside a
+transaction, so ``BEGIN`` and ``COMMIT`` would cost two round trips and add nothing.
+
+A pooled PostgreSQL connection the database dropped (a restart, a failover, an idle timeout)
+is not pinged on every checkout (a round trip per transaction); the transaction that draws it
+fails at its first statement, before any of it reached the database, and :meth:`Catalog.call`
+runs it once more on a fresh connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +61,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class _Progress(threading.local):
+    """Whether a statement of the transaction this thread runs has reached the database."""
+
+    executed = False
+
+
+_PROGRESS = _Progress()
+
+
+def _note_executed(*_args: Any) -> None:
+    _PROGRESS.executed = True
+
+
 def _sqlite_begin(conn: Connection) -> None:
     readonly = conn.get_execution_options().get(_READONLY, False)
     conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
@@ -72,10 +94,13 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "after_cursor_execute", _note_executed)
         return engine
-    # pre_ping: a connection the database dropped (restart, failover, idle timeout) is
-    # replaced on checkout instead of failing the request that drew it.
-    return create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
+    # No pre_ping (a round trip per checkout): Catalog.call retries a transaction whose first
+    # statement found its connection dropped, which _note_executed tells apart.
+    engine = create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
+    event.listen(engine, "after_cursor_execute", _note_executed)
+    return engine
 
 
 def upsert(session: Session, entity: type[Any]) -> Any:
@@ -104,14 +129,23 @@ def migrate(engine: Engine) -> None:
         command.upgrade(alembic_config(connection), "head")
 
 
+def _attempt(sessions: sessionmaker[Session], fn: Callable[[Session], T]) -> T:
+    _PROGRESS.executed = False
+    with sessions.begin() as session:
+        return fn(session)
+
+
 class Catalog:
     """The catalog database: sessions, and a way to use them without blocking the event loop."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        read_options: dict[str, Any] = {_READONLY: True}
+        if engine.dialect.name == "postgresql":
+            read_options["isolation_level"] = "AUTOCOMMIT"  # see the module's docstring
         self._read_sessions = sessionmaker(
-            engine.execution_options(**{_READONLY: True}), expire_on_commit=False
+            engine.execution_options(**read_options), expire_on_commit=False
         )
 
     @classmethod
@@ -144,12 +178,20 @@ class Catalog:
         ``readonly`` promises that ``fn`` only reads; it then never waits for writers.
         Ordinary database conditions (a constraint a concurrent request won, a full disk, a
         busy or unreachable database) leave as the matching
-        :class:`~weightport.errors.WeightportError`.
+        :class:`~weightport.errors.WeightportError`. A transaction whose first statement
+        finds its pooled connection dropped runs once more on a fresh one (``fn`` must not
+        call the catalog itself).
         """
         sessions = self._read_sessions if readonly else self._sessions
         try:
-            with sessions.begin() as session:
-                return fn(session)
+            try:
+                return _attempt(sessions, fn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or _PROGRESS.executed:
+                    raise
+                # Nothing of it reached the database; SQLAlchemy has marked every connection
+                # the pool held before the drop for replacement.
+                return _attempt(sessions, fn)
         except DBAPIError as exc:
             translated = translate(exc)
             metrics.ERRORS.labels("catalog", translated.code if translated else "internal").inc()

@@ -86,12 +86,14 @@ def signed_download_urls(
     ctx: ServerContext,
     base: str,
     model: registry.DownloadableModel,
-    files: Sequence[registry.DownloadableFile],
+    paths: Sequence[str],
+    sha256s: Sequence[str],
     *,
     minted_by: str,
     for_browser: bool = False,
 ) -> list[str]:
-    """Where a client GETs each of ``files``, landed files of the READY ``model``.
+    """Where a client GETs each of the files at ``paths`` (with contents ``sha256s``), landed
+    files of the READY ``model``.
 
     With a presigning store (and ``s3_proxy`` off), the store's own URLs: the bytes never pass
     through weightport, but such a URL cannot be revoked (revoking ``minted_by`` does not
@@ -105,13 +107,13 @@ def signed_download_urls(
         ttl = ctx.settings.s3_presign_ttl
         return [
             presigner.presign_get(
-                file.sha256,
+                sha256,
                 expires_in=ttl,
                 disposition=(
-                    content_disposition(posixpath.basename(file.path)) if for_browser else None
+                    content_disposition(posixpath.basename(path)) if for_browser else None
                 ),
             )
-            for file in files
+            for path, sha256 in zip(paths, sha256s, strict=True)
         ]
     return signed_file_urls(
         ctx,
@@ -119,8 +121,8 @@ def signed_download_urls(
         method="GET",
         account=model.account_id,
         model_id=model.model_id,
-        paths=[file.path for file in files],
-        bound={"sha256": [file.sha256 for file in files]},
+        paths=paths,
+        bound={"sha256": sha256s},
         ttl=ctx.settings.download_url_ttl,
         minted_by=minted_by,
     )

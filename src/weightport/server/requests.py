@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import FileField
 from multidict import MultiDictProxy
-from sqlalchemy.orm import Session
 
 from weightport.catalog import accounts
 from weightport.errors import (
     InvalidArgument,
     InvalidCredentials,
-    NotFound,
     PayloadTooLarge,
     PermissionDenied,
     Unauthenticated,
 )
 from weightport.server.client_timeouts import read_body_chunk
 from weightport.server.context import context_of
-
-T = TypeVar("T")
 
 #: The authenticated caller, kept on the request for handlers that mint signed URLs.
 CALLER = web.RequestKey("weightport_caller", accounts.Caller)
@@ -49,28 +44,6 @@ async def authenticate(request: web.Request) -> accounts.Caller:
     caller = await ctx.catalog.run(lambda s: accounts.authenticate(s, secret), readonly=True)
     request[CALLER] = caller
     return caller
-
-
-async def read_as_owner(
-    request: web.Request, account: str, fn: Callable[[Session], T], *, missing: str
-) -> T:
-    """Authenticate the bearer key and run ``fn`` in the same read-only catalog transaction,
-    if the key belongs to ``account``: one trip to the catalog instead of two, for hot reads.
-
-    Another account's key gets :class:`NotFound` with ``missing`` (another account's
-    resources are indistinguishable from missing ones); a bad key, :class:`Unauthenticated`.
-    """
-    secret = bearer_secret(request)
-
-    def run(session: Session) -> tuple[accounts.Caller, T]:
-        caller = accounts.authenticate(session, secret)
-        if caller.account_id != account:
-            raise NotFound(missing)
-        return caller, fn(session)
-
-    caller, result = await context_of(request).catalog.run(run, readonly=True)
-    request[CALLER] = caller
-    return result
 
 
 async def authenticate_admin(request: web.Request, what: str) -> accounts.Caller:

@@ -131,12 +131,18 @@ async def file_download(request: web.Request, who: SignedIn) -> web.StreamRespon
     model_id, path = request.match_info["model_id"], request.match_info["path"]
     ctx = context_of(request)
     model = await ctx.catalog.run(lambda s: registry.get_downloadable(s, who.account_id, model_id))
-    file = next((f for f in model.files if f.path == path), None)
+    file = model.file(path)
     if file is None:
         raise NotFound(f"Model {model_id} has no file {path!r}.")
     # Bound to the key the session was opened with: revoking it revokes this URL too.
     (url,) = signed_download_urls(
-        ctx, ctx.public_base(request), model, [file], minted_by=who.key_id, for_browser=True
+        ctx,
+        ctx.public_base(request),
+        model,
+        [path],
+        [file.sha256],
+        minted_by=who.key_id,
+        for_browser=True,
     )
     resource = registry.resource_name(model.account_id, model.model_id)
     record_grant(request, Subject(model.account_id, resource, "file", file=path))
