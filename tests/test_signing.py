@@ -355,15 +355,19 @@ def test_a_batch_signs_each_url_as_sign_does(
     paths: list[str], shared: str, data: st.DataObject
 ) -> None:
     signer = UrlSigner([NEW])
-    template = signer.template("GET", expires_at=NOW + 60, now=NOW, names=("a", "b"))
+    names = ("a", "b", "c")
+    template = signer.template("GET", expires_at=NOW + 60, now=NOW, names=names)
+    # Any split of the bound names into shared values and per-URL ones (none, one, several).
+    per_url = data.draw(st.sets(st.sampled_from(names)))
     size = len(paths)
-    each = data.draw(st.lists(st.text(_ALPHABET, max_size=20), min_size=size, max_size=size))
-    queries = template.query_strings(paths, shared={"b": shared}, each={"a": each})
+    columns = st.lists(st.text(_ALPHABET, max_size=20), min_size=size, max_size=size)
+    each = {name: data.draw(columns) for name in sorted(per_url)}
+    common = {name: shared + name for name in names if name not in per_url}
+    queries = template.query_strings(paths, shared=common, each=each)
     assert len(queries) == len(paths)
-    for path, value, query in zip(paths, each, queries, strict=True):
-        expected = signer.sign(
-            "GET", path, expires_at=NOW + 60, now=NOW, bound={"a": value, "b": shared}
-        )
+    for i, (path, query) in enumerate(zip(paths, queries, strict=True)):
+        bound = {**common, **{name: column[i] for name, column in each.items()}}
+        expected = signer.sign("GET", path, expires_at=NOW + 60, now=NOW, bound=bound)
         assert query == urlencode(expected)
 
 

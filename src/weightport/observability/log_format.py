@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,13 +23,17 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+#: A value logfmt leaves unquoted: no space, control character, quote, backslash or "=".
+_BARE = re.compile(r'[^\x00-\x20"=\\\x7f]+')
+
+
 def _logfmt_value(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if text and all(ch > " " and ch not in '"=\\' and ch != "\x7f" for ch in text):
+    if _BARE.fullmatch(text):
         return text
     # json.dumps quotes and escapes quotes, backslashes and control characters.
     return json.dumps(text, ensure_ascii=False)

@@ -47,6 +47,8 @@ MAX_USER_AGENT = 512
 
 def clean_user_agent(value: str) -> str:
     """A user agent fit for the catalog: printable characters only, at most 512."""
+    if value.isprintable():  # the common case, checked in C
+        return value[:MAX_USER_AGENT]
     return "".join(ch for ch in value if ch.isprintable())[:MAX_USER_AGENT]
 
 
