@@ -19,7 +19,7 @@ from weightport.observability.metrics import BytePath
 from weightport.server.context import CONTEXT, ServerContext
 from weightport.server.observe import exchange_of
 from weightport.server.requests import CALLER
-from weightport.services.audit import clean_user_agent
+from weightport.services.audit import Identity, clean_user_agent
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Transfer:
         self._ctx = _context(request)
         self._download = download
         self.sent = 0
-        self._audit_key: str | None = None
+        self._audit_key: Identity | None = None
         self._open = False
 
     def open(self) -> None:

@@ -52,8 +52,13 @@ def clean_user_agent(value: str) -> str:
     return "".join(ch for ch in value if ch.isprintable())[:MAX_USER_AGENT]
 
 
-def coalesce_key(action: str, subject: Subject, requester: Requester) -> str:
-    parts = (
+#: What makes requests one download: :func:`identity`'s parts.
+Identity = tuple[str, str, str, str, str, str, str, str]
+
+
+def identity(action: str, subject: Subject, requester: Requester) -> Identity:
+    """What requests of one download share (the in-memory form of :func:`coalesce_key`)."""
+    return (
         action,
         requester.key_id,
         requester.client,
@@ -63,6 +68,14 @@ def coalesce_key(action: str, subject: Subject, requester: Requester) -> str:
         subject.kind,
         subject.file,
     )
+
+
+def coalesce_key(action: str, subject: Subject, requester: Requester) -> str:
+    """The catalog's form of :func:`identity`, by which every process finds a record."""
+    return _digest(identity(action, subject, requester))
+
+
+def _digest(parts: Identity) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -70,6 +83,7 @@ def coalesce_key(action: str, subject: Subject, requester: Requester) -> str:
 class _Entry:
     """One download as this process knows it, and what it has not written yet."""
 
+    identity: Identity
     key: str
     action: str
     subject: Subject
@@ -107,7 +121,9 @@ class AuditLog:
         self._retention_days = retention_days
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        # By identity, not coalesce key: a request then hashes nothing (a key is computed once
+        # per download, when its entry is made).
+        self._entries: dict[Identity, _Entry] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -121,7 +137,7 @@ class AuditLog:
             if entry is not None:
                 entry.requests += 1
 
-    def opened(self, subject: Subject, requester: Requester) -> str | None:
+    def opened(self, subject: Subject, requester: Requester) -> Identity | None:
         """A response starts sending ``subject``'s bytes; pass the result to :meth:`closed`."""
         with self._lock:
             entry = self._entry(audit.DOWNLOAD, subject, requester)
@@ -129,9 +145,9 @@ class AuditLog:
                 return None
             entry.requests += 1
             entry.active += 1
-            return entry.key
+            return entry.identity
 
-    def closed(self, key: str | None, sent: int) -> None:
+    def closed(self, key: Identity | None, sent: int) -> None:
         """The response :meth:`opened` returned ``key`` for has ended after ``sent`` bytes."""
         if key is None:
             return
@@ -144,13 +160,13 @@ class AuditLog:
 
     def _entry(self, action: str, subject: Subject, requester: Requester) -> _Entry | None:
         now = self._clock()
-        key = coalesce_key(action, subject, requester)
+        key = identity(action, subject, requester)
         entry = self._entries.get(key)
         if entry is None:
             if len(self._entries) >= MAX_PENDING:
                 metrics.AUDIT_RECORDS_DROPPED.inc()
                 return None
-            entry = _Entry(key, action, subject, requester, first_at=now, last_at=now)
+            entry = _Entry(key, _digest(key), action, subject, requester, first_at=now, last_at=now)
             self._entries[key] = entry
         entry.last_at = now
         return entry
