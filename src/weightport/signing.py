@@ -352,7 +352,8 @@ class SignatureTemplate:
     ) -> list[str]:
         """:meth:`query_strings`' loop unrolled for one per-URL value."""
         inner, outer = self._inner, self._outer
-        safe = _URL_SAFE_RE.fullmatch
+        # Checked all at once when they all need no escaping (a sha256 column does not).
+        safe = _URL_SAFE_RE.fullmatch if not _URL_SAFE_RE.fullmatch("".join(column)) else None
         out: list[str] = []
         for path, value in zip(paths, column, strict=True):
             raw_path = path.encode("utf-8", "surrogatepass")
@@ -364,7 +365,7 @@ class SignatureTemplate:
             )
             digest = outer.copy()
             digest.update(mac.digest())
-            escaped = value if safe(value) else quote_plus(value, safe="")
+            escaped = value if safe is None or safe(value) else quote_plus(value, safe="")
             out.append(f"{query_constant}{escaped}{query_tail}{digest.hexdigest()}")
         return out
 
