@@ -134,3 +134,27 @@ def test_expired_url_is_403(server_factory: Callable[..., LiveServer], tmp_path:
     assert expired.status_code == 403
     assert "expired" in expired.json()["message"]
     api.close()
+
+
+def test_names_that_need_escaping_get_working_urls(live_server: LiveServer) -> None:
+    account = f"esc-{secrets.token_hex(3)}"
+    api = FireworksApi(live_server.base_url, account, live_server.new_account(account))
+    files = {
+        "config.json": CONFIG,
+        "plain-0.bin": b"plain",
+        "with space/and%percent#hash?.bin": b"escaped",
+        "ünïcödé/日本.bin": b"unicode",
+    }
+    try:
+        urls = api.publish("escapes", files)
+        # A listing of only safe names takes the other path: both must give working URLs.
+        safe = api.publish("plain", {"config.json": CONFIG, "plain-0.bin": b"plain"})
+    finally:
+        api.close()
+    assert set(urls) == set(files)
+    for name, url in [*urls.items(), *safe.items()]:
+        response = httpx.get(url)
+        assert response.status_code == 200, (name, response.text)
+        assert response.content == files[name]
+    assert "with%20space/and%25percent%23hash%3F.bin?" in urls["with space/and%percent#hash?.bin"]
+    assert "/plain-0.bin?" in urls["plain-0.bin"] and "/plain-0.bin?" in safe["plain-0.bin"]
