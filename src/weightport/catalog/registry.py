@@ -7,7 +7,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import FromClause, Select, bindparam, func, or_, select
+from sqlalchemy import (
+    Executable,
+    Select,
+    bindparam,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -130,37 +140,42 @@ class DownloadableModel:
 
 _MODEL = (Model.account_id == bindparam("account")) & (Model.model_id == bindparam("model"))
 _LANDED = (ModelFile.model_pk == Model.pk) & ModelFile.sha256.is_not(None)
-
-
-def _listing(source: FromClause, *leading: Any) -> Select[Any]:
-    """``leading`` columns, then the model's state and its landed files in path order: a row
-    per file, or one whose file columns are NULL. One statement for state and files is a
-    round trip less on PostgreSQL, and one snapshot."""
-    columns = (Model.state, ModelFile.path, ModelFile.declared_size, ModelFile.sha256)
-    return (
-        select(*leading, *columns)
-        .select_from(source.outerjoin(ModelFile.__table__, _LANDED))
-        .order_by(ModelFile.path)
-    )
-
+_FILE_COLUMNS = (ModelFile.path, ModelFile.declared_size, ModelFile.sha256)
 
 # Built once: constructing a statement costs more than SQLite takes to run it, on the path
-# every getDownloadEndpoint takes.
-_DOWNLOADABLE = _listing(Model.__table__).where(_MODEL)
-# The same with the presented API key looked up too (its columns first; the model's are NULL
-# when there is no such model): the listing's whole read in one statement.
-_DOWNLOADABLE_AS = _listing(
-    ApiKey.__table__.outerjoin(Model.__table__, _MODEL), *accounts.KEY_COLUMNS
-).where(ApiKey.secret_sha256 == bindparam("digest"))
-_KEY_WIDTH = len(accounts.KEY_COLUMNS)
+# every getDownloadEndpoint takes. The model's state and its landed files in path order: a
+# row per file, or one whose file columns are NULL. One statement for state and files is a
+# round trip less on PostgreSQL, and one snapshot.
+_DOWNLOADABLE = (
+    select(Model.state, *_FILE_COLUMNS)
+    .outerjoin(ModelFile, _LANDED)
+    .where(_MODEL)
+    .order_by(ModelFile.path)
+)
+# The whole read of a listing in one statement: first the presented API key and the state of
+# the model (NULL without one), then a row per landed file (the other columns NULL, not the
+# key's repeated: on SQLite, building those values per row cost as much as a second query).
+_KEY_WIDTH = len(accounts.KEY_COLUMNS) + 1
+_NO_FILE = [null().label(column.key) for column in _FILE_COLUMNS]
+_DOWNLOADABLE_AS: Executable = union_all(
+    select(*accounts.KEY_COLUMNS, Model.state, *_NO_FILE)
+    .select_from(ApiKey)
+    .outerjoin(Model, _MODEL)
+    .where(ApiKey.secret_sha256 == bindparam("digest")),
+    select(*[null() for _ in range(_KEY_WIDTH)], *_FILE_COLUMNS)
+    .join_from(Model, ModelFile, _LANDED)
+    .where(_MODEL),
+).order_by(literal_column("path").nulls_first())
 
 
 def get_downloadable(session: Session, account_id: str, model_id: str) -> DownloadableModel:
     """The model's files, if they may be downloaded (it is READY); FAILED_PRECONDITION if not."""
     if not MODEL_ID.match(model_id):
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
-    params = {"account": account_id, "model": model_id}
-    return _downloadable(_plain_rows(session, _DOWNLOADABLE, params), 0, account_id, model_id)
+    rows = _plain_rows(session, _DOWNLOADABLE, {"account": account_id, "model": model_id})
+    state = rows[0][0] if rows else None
+    files = rows if rows and rows[0][1] is not None else []
+    return _downloadable(state, files, 1, account_id, model_id)
 
 
 def get_downloadable_as(
@@ -172,13 +187,16 @@ def get_downloadable_as(
     params = {"digest": accounts.presented_digest(secret), "account": account_id}
     params["model"] = model_id if MODEL_ID.match(model_id) else ""
     rows = _plain_rows(session, _DOWNLOADABLE_AS, params)
-    caller = accounts.caller_from(rows[0][:_KEY_WIDTH] if rows else None)
+    # The key's row sorts first (no path); without one, the key matched nothing.
+    head = rows[0] if rows and rows[0][0] is not None else None
+    caller = accounts.caller_from(head)
     if caller.account_id != account_id:
         raise NotFound(f'"accounts/{account_id}/models/{model_id}" not found')
-    return caller, _downloadable(rows, _KEY_WIDTH, account_id, model_id)
+    assert head is not None
+    return caller, _downloadable(head[_KEY_WIDTH - 1], rows[1:], _KEY_WIDTH, account_id, model_id)
 
 
-def _plain_rows(session: Session, statement: Select[Any], params: dict[str, str]) -> list[Any]:
+def _plain_rows(session: Session, statement: Executable, params: dict[str, str]) -> list[Any]:
     result = session.connection().execute(statement, params)
     # The driver's plain tuples: SQLAlchemy's Row objects would cost more than the query
     # (0.25 ms for 200 files), and these columns need no conversion from either driver.
@@ -188,10 +206,10 @@ def _plain_rows(session: Session, statement: Select[Any], params: dict[str, str]
 
 
 def _downloadable(
-    rows: list[Any], offset: int, account_id: str, model_id: str
+    state: str | None, files: list[Any], offset: int, account_id: str, model_id: str
 ) -> DownloadableModel:
-    """The listing in ``rows`` of :func:`_listing` (its columns from ``offset`` on)."""
-    state = rows[0][offset] if rows else None
+    """The listing of a model in ``state`` (``None``: no such model) whose landed files are
+    ``files``, rows with path, size and sha256 from column ``offset`` on."""
     if state is None:
         raise NotFound(f'model "{resource_name(account_id, model_id)}" not found')
     if state != READY:
@@ -199,10 +217,9 @@ def _downloadable(
             f'model "{resource_name(account_id, model_id)}" is {state}: call '
             "validateUpload once every file has landed"
         )
-    if rows[0][offset + 3] is None:  # no landed file (READY: every file landed)
+    if not files:
         return DownloadableModel(account_id, model_id, (), (), ())
-    columns = tuple(zip(*rows, strict=True))
-    paths, sizes, sha256s = columns[offset + 1 : offset + 4]
+    paths, sizes, sha256s = tuple(zip(*files, strict=True))[offset : offset + 3]
     return DownloadableModel(account_id, model_id, paths, sizes, sha256s)
 
 
