@@ -2,13 +2,15 @@
 SQLite and on PostgreSQL (issue #9).
 
     .venv/bin/python -m bench.download_endpoint [--quick] [--engines sqlite postgresql]
+        [--baseline-src DIR]
 
 For each engine, against real ``weightport serve`` processes on 127.0.0.1:
 
 1. **Server time** of one ``getDownloadEndpoint`` (200 signed URLs): the server's CPU seconds
    (from /proc, all threads) over a sequential run of requests, divided by their number. Its
    reference, measured in the same rounds: ``GET /healthz``, the server's fixed cost of one
-   request. Target: ≤ 2 ms.
+   request. Target: ≤ 2 ms. With ``--baseline-src``, a second server running another source
+   tree (an earlier checkout's ``src``) on a catalog of its own is measured in the same rounds.
 2. **Latency under load**: ``serve --workers 2`` and an open-loop generator in its own process
    (:mod:`bench.loadgen`) firing 200 requests/s; p50 and p99 from each request's due time.
    Reference: the same rate against ``/healthz``. Target: p99 < 20 ms.
@@ -148,45 +150,66 @@ def load(server: WeightportServer, url: str, seconds: float) -> dict[str, Any]:
 
 
 @contextmanager
-def database(engine: str, root: Path) -> Iterator[str]:
-    """An empty catalog of ``engine``: its URL (empty: SQLite in the data directory)."""
+def databases(engine: str) -> Iterator[Callable[[], str]]:
+    """Empty catalogs of ``engine``, as many as asked for: a function that gives each one's
+    URL (empty: SQLite in the server's data directory)."""
     if engine == "sqlite":
-        yield ""
+        yield lambda: ""
         return
     cluster = PostgresCluster()
     try:
         cluster.start()
-        yield cluster.create_database()
+        yield cluster.create_database
     finally:
         cluster.stop()
 
 
-def measure_engine(engine: str, quick: bool, reps: int) -> tuple[list[Row], dict[str, Any]]:
+def serve_model(
+    data: Path, url: str, source: Path | None = None
+) -> tuple[WeightportServer, Catalog, dict[str, str]]:
+    """A server on ``data`` (and catalog ``url``) with the 200-file model seeded, running
+    the source tree ``source`` (this one if ``None``); its catalog and environment."""
+    env = {"WEIGHTPORT_SIGNING_KEYS": f"k1:{secrets.token_urlsafe(32)}"}
+    if url:
+        env["WEIGHTPORT_DATABASE_URL"] = url
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    server = WeightportServer(data, env=env).start()
+    catalog = Catalog.open(url or f"sqlite:///{data / 'catalog.sqlite3'}", upgrade=False)
+    seed_model(catalog, "m200", FILES)
+    return server, catalog, env
+
+
+def measure_engine(
+    engine: str, quick: bool, reps: int, baseline_src: Path | None = None
+) -> tuple[list[Row], dict[str, Any]]:
     label = "SQLite" if engine == "sqlite" else "PostgreSQL"
     rows: list[Row] = []
     raw: dict[str, Any] = {}
-    with scratch(f"endpoint-{engine}") as root, database(engine, root) as url:
-        env = {"WEIGHTPORT_SIGNING_KEYS": f"k1:{secrets.token_urlsafe(32)}"}
-        if url:
-            env["WEIGHTPORT_DATABASE_URL"] = url
+    with scratch(f"endpoint-{engine}") as root, databases(engine) as new_database:
         data = root / "data"
-        server = WeightportServer(data, env=env).start()
-        catalog_url = url or f"sqlite:///{data / 'catalog.sqlite3'}"
-        catalog = Catalog.open(catalog_url, upgrade=False)
+        server, catalog, env = serve_model(data, new_database())
+        before: WeightportServer | None = None
         try:
-            seed_model(catalog, "m200", FILES)
             base = f"{server.base_url}/v1/accounts/admin/models"
             endpoint = f"{base}/m200:getDownloadEndpoint"
-            count = 100 if quick else 400
-            for url_ in (endpoint, f"{server.base_url}/healthz"):
-                server_ms(server, url_, 50)  # warm up
-            timed = rounds(
-                reps,
-                {
-                    "endpoint": lambda: server_ms(server, endpoint, count),
-                    "healthz": lambda: server_ms(server, f"{server.base_url}/healthz", count),
-                },
-            )
+            # /proc counts CPU in 10 ms ticks: 200 listings take ~300 ms of it.
+            count = 200 if quick else 400
+            measures = {
+                "endpoint": lambda: server_ms(server, endpoint, count),
+                "healthz": lambda: server_ms(server, f"{server.base_url}/healthz", count),
+            }
+            if baseline_src is not None:
+                before, before_catalog, _ = serve_model(
+                    root / "before", new_database(), baseline_src
+                )
+                before_catalog.close()
+                old_server = before
+                old = f"{before.base_url}/v1/accounts/admin/models/m200:getDownloadEndpoint"
+                measures["before"] = lambda: server_ms(old_server, old, count)
+            for measure in measures.values():
+                measure()  # warm up
+            timed = rounds(reps, measures)
             raw["server_ms"] = timed
             ms = median(timed["endpoint"])
             rows.append(
@@ -207,6 +230,13 @@ def measure_engine(engine: str, quick: bool, reps: int) -> tuple[list[Row], dict
                     "ms",
                 )
             )
+            if "before" in timed:
+                was = median(timed["before"])
+                rows.append(Row(NAME, f"{label}: getDownloadEndpoint, --baseline-src", was, "ms"))
+                ratios = [a / b for a, b in zip(timed["endpoint"], timed["before"], strict=True)]
+                rows.append(
+                    Row(NAME, f"{label}: getDownloadEndpoint ÷ baseline", median(ratios), "×")
+                )
             # Catalog growth: the account's get and list (it holds one model) with an
             # otherwise empty catalog, then with 10^5 models in other accounts.
             get_url, list_url = f"{base}/m200", f"{base}?pageSize=50"
@@ -253,6 +283,8 @@ def measure_engine(engine: str, quick: bool, reps: int) -> tuple[list[Row], dict
         finally:
             server.stop()
             catalog.close()
+            if before is not None:
+                before.stop()
         # Load with two workers, on the big catalog.
         env["WEIGHTPORT_WORKERS"] = "2"
         server = WeightportServer(data, env=env, admin_key=server.admin_key).start()
@@ -288,17 +320,21 @@ def measure_engine(engine: str, quick: bool, reps: int) -> tuple[list[Row], dict
 
 
 def run(
-    quick: bool = False, reps: int = 5, engines: Sequence[str] = ("sqlite", "postgresql")
+    quick: bool = False,
+    reps: int = 5,
+    engines: Sequence[str] = ("sqlite", "postgresql"),
+    baseline_src: Path | None = None,
 ) -> dict[str, Any]:
     info = machine_info()
     started = time.monotonic()
     rows: list[Row] = []
     raw: dict[str, Any] = {}
     for engine in engines:
-        engine_rows, raw[engine] = measure_engine(engine, quick, reps)
+        engine_rows, raw[engine] = measure_engine(engine, quick, reps, baseline_src)
         rows += engine_rows
     return {
         "machine": info,
+        "baseline_src": None if baseline_src is None else str(baseline_src),
         "seconds": time.monotonic() - started,
         "rows": [row.__dict__ for row in rows],
         "raw": raw,
@@ -310,8 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--engines", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also measure a server running this source tree (e.g. an earlier checkout's src)",
+    )
     args = parser.parse_args(argv)
-    payload = run(quick=args.quick, reps=args.reps, engines=args.engines)
+    payload = run(args.quick, args.reps, args.engines, args.baseline_src)
     path = write_results(NAME, payload)
     rows = [Row(**row) for row in payload["rows"]]
     print(markdown_table(rows))
