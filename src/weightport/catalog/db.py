@@ -94,11 +94,10 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
-        event.listen(engine, "after_cursor_execute", _note_executed)
-        return engine
-    # No pre_ping (a round trip per checkout): Catalog.call retries a transaction whose first
-    # statement found its connection dropped, which _note_executed tells apart.
-    engine = create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
+    else:
+        # No pre_ping (a round trip per checkout): Catalog.call retries a transaction whose
+        # first statement found its connection dropped, which _note_executed tells apart.
+        engine = create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_POOL_SIZE)
     event.listen(engine, "after_cursor_execute", _note_executed)
     return engine
 

@@ -132,9 +132,10 @@ class DownloadableModel:
 
     def file(self, path: str) -> DownloadableFile | None:
         """The landed file at ``path``, if the model has one."""
-        if path not in self.paths:
+        try:
+            i = self.paths.index(path)
+        except ValueError:
             return None
-        i = self.paths.index(path)
         return DownloadableFile(path, self.sizes[i], self.sha256s[i])
 
 
