@@ -257,3 +257,13 @@ def test_argument_parsing() -> None:
     assert FineTuneRef.parse("ft-1") == FineTuneRef("ft-1", None)
     with pytest.raises(ConfigurationError):
         FineTuneRef.parse("ft-1:last")
+
+
+def test_the_summary_shows_a_slow_rate_with_a_decimal() -> None:
+    from weightport.cli.download import _summary
+
+    tuning = client.Tuning(connections=1, part_size=8 << 20, rtt=0.0)
+    slow = _summary(client.DownloadResult((), 200_000, 1.2, tuning), Path("out"))
+    assert slow.endswith("in 1.2 s at 0.2 MB/s")  # a small merged archive, computed first
+    fast = _summary(client.DownloadResult((), 250_000_000, 2.0, tuning), Path("out"))
+    assert fast.endswith("in 2.0 s at 125 MB/s")

@@ -159,9 +159,10 @@ def _summary(result: DownloadResult, where: Path) -> str:
     if skipped:
         notes.append(f"{skipped} already present")
     extra = f" ({', '.join(notes)})" if notes else ""
+    speed = f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"  # a small merged archive: not "0"
     return (
         f"Downloaded {len(result.files)} file(s), {total / 1e6:.1f} MB, to {where} in "
-        f"{result.seconds:.1f} s at {rate:.0f} MB/s{extra}"
+        f"{result.seconds:.1f} s at {speed} MB/s{extra}"
     )
 
 
